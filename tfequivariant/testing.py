@@ -41,7 +41,7 @@ def _to_numpy(x):
 
 
 def _as_list(x):
-    if isinstance(x, (list, tuple)):
+    if isinstance(x, (list, tuple)) and not isinstance(x, Irreps):
         return list(x), True
     return [x], False
 
@@ -192,3 +192,154 @@ def assert_normalized(fn, irreps_in, args_in=None, *, num_points=4096, seed=0, r
             f"{ms[bad].round(3).tolist()}, not within {rtol} of 1"
         )
     return ms
+
+
+# --- the shared layer harness --------------------------------------------------
+def _map_structure(fn, x):
+    if isinstance(x, dict):
+        return {k: _map_structure(fn, v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)) and not isinstance(x, Irreps):
+        return type(x)(_map_structure(fn, v) for v in x)
+    return fn(x)
+
+
+def _flatten(x):
+    if isinstance(x, dict):
+        return [a for k in sorted(x) for a in _flatten(x[k])]
+    if isinstance(x, (list, tuple)):
+        return [a for v in x for a in _flatten(v)]
+    return [x]
+
+
+def _assert_close(a, b, atol, rtol, what):
+    fa, fb = _flatten(a), _flatten(b)
+    if len(fa) != len(fb):
+        raise AssertionError(f"{what}: different output structures")
+    for u, v in zip(fa, fb):
+        u = _to_numpy(u).astype(np.float64)
+        v = _to_numpy(v).astype(np.float64)
+        if u.shape != v.shape:
+            raise AssertionError(f"{what}: shapes differ {u.shape} vs {v.shape}")
+        if not np.allclose(u, v, atol=atol, rtol=rtol):
+            raise AssertionError(f"{what}: max abs difference {np.max(np.abs(u - v)):.3e} > atol {atol}")
+
+
+def _symbolic_inputs(x, name):
+    import keras
+
+    if isinstance(x, dict):
+        return {k: _symbolic_inputs(v, k) for k, v in x.items()}
+    arr = np.asarray(x)
+    return keras.Input(shape=arr.shape[1:], dtype=str(arr.dtype), name=name)
+
+
+def check_layer(
+    layer_cls,
+    init_kwargs,
+    inputs,
+    *,
+    run_fit=True,
+    run_xla=True,
+    run_float64=True,
+    run_saving=True,
+    tmp_dir=None,
+    atol=1e-5,
+    rtol=1e-5,
+):
+    """The shared layer test harness (after keras' ``testing/test_case.py``).
+
+    Builds ``layer_cls(**init_kwargs)`` and checks, on ``inputs`` (a tuple of
+    positional call arguments: NumPy arrays or dicts of them, e.g.
+    ``(features, graph)``):
+
+    1. an eager call, whose shape matches ``compute_output_shape`` when the
+       output is a single tensor;
+    2. ``get_config`` is JSON-serializable and ``from_config`` rebuilds a layer
+       that, given the same weights, gives the same outputs;
+    3. the layer inside a Keras functional model gives the same outputs;
+    4. the model saved as ``.keras`` and reloaded gives the same outputs;
+    5. one ``fit`` step on a ``tf.data`` batch runs with a finite loss and, if the
+       layer has trainable weights, changes them;
+    6. ``tf.function(jit_compile=True)`` (XLA) equals eager;
+    7. with ``dtype="float64"`` the output is float64 and close to float32's.
+
+    Returns the eager output.
+    """
+    import json
+    import os
+    import tempfile
+
+    import keras
+    import tensorflow as tf
+
+    inputs = tuple(inputs)
+    layer = layer_cls(**init_kwargs)
+    out = layer(*inputs)
+    if not isinstance(out, (dict, list, tuple)) and hasattr(layer, "compute_output_shape"):
+        shapes = _map_structure(lambda a: tuple(np.asarray(a).shape), inputs)
+        expected = layer.compute_output_shape(*shapes)
+        if tuple(expected) != tuple(out.shape):
+            raise AssertionError(f"compute_output_shape gave {expected}, call gave {tuple(out.shape)}")
+
+    # 2. config round trip
+    config = layer.get_config()
+    json.dumps(config)
+    clone = layer_cls.from_config(config)
+    clone(*inputs)
+    clone.set_weights(layer.get_weights())
+    _assert_close(clone(*inputs), out, atol, rtol, "from_config(get_config()) with the same weights")
+
+    # 3. functional model
+    symbolic = tuple(_symbolic_inputs(x, f"input_{i}") for i, x in enumerate(inputs))
+    sym_out = layer(*symbolic)
+    model = keras.Model(list(symbolic) if len(symbolic) > 1 else symbolic[0], sym_out)
+    model_in = list(inputs) if len(inputs) > 1 else inputs[0]
+    _assert_close(model(model_in), out, atol, rtol, "functional model")
+
+    # 4. .keras round trip
+    if run_saving:
+        with tempfile.TemporaryDirectory(dir=tmp_dir) as d:
+            path = os.path.join(d, "model.keras")
+            model.save(path)
+            reloaded = keras.models.load_model(path)
+            _assert_close(reloaded(model_in), out, atol, rtol, ".keras save and reload")
+
+    # 5. one fit step
+    if run_fit and not isinstance(out, dict):
+        target = _map_structure(lambda a: np.random.default_rng(0).normal(size=np.shape(a)).astype(
+            _to_numpy(a).dtype), out)
+        ds = tf.data.Dataset.from_tensors((model_in, target))
+        before = [np.array(w) for w in model.trainable_weights]
+        model.compile(optimizer=keras.optimizers.SGD(0.01), loss="mse", jit_compile=False)
+        history = model.fit(ds, epochs=1, verbose=0, shuffle=False)
+        loss = history.history["loss"][-1]
+        if not np.isfinite(loss):
+            raise AssertionError(f"fit step gave a non-finite loss: {loss}")
+        if before:
+            changed = any(not np.allclose(b, np.array(w)) for b, w in zip(before, model.trainable_weights))
+            if not changed:
+                raise AssertionError("one fit step changed no trainable weight")
+        # restore the weights so that later checks compare against `out`
+        for w, b in zip(model.trainable_weights, before):
+            w.assign(b)
+
+    # 6. XLA equals eager
+    if run_xla:
+        compiled = tf.function(lambda *a: layer(*a), jit_compile=True)
+        _assert_close(compiled(*inputs), out, max(atol, 1e-5), max(rtol, 1e-5), "XLA (jit_compile=True)")
+
+    # 7. float64
+    if run_float64:
+        layer64 = layer_cls(**{**init_kwargs, "dtype": "float64"})
+        inputs64 = _map_structure(
+            lambda a: np.asarray(a).astype(np.float64) if np.asarray(a).dtype.kind == "f" else a, inputs
+        )
+        layer64(*inputs64)
+        layer64.set_weights([np.asarray(w, dtype=np.float64) for w in layer.get_weights()])
+        out64 = layer64(*inputs64)
+        for o in _flatten(out64):
+            name = keras.backend.standardize_dtype(o.dtype)
+            if "float" in name and name != "float64":
+                raise AssertionError(f"a dtype='float64' layer returned {name}")
+        _assert_close(out64, out, 1e-4, 1e-4, "float64 vs float32")
+    return out

@@ -1,5 +1,23 @@
-"""Keras 3 layers of tfequivariant (TensorFlow backend)."""
+"""Keras 3 layers of tfequivariant (TensorFlow backend).
 
+Feature tensors are ``[num_nodes, irreps.dim]`` in e3nn's layout; graph layers
+are called as ``layer(features, graph)`` with the graph dict of DESIGN.md
+section 3 (``positions``, ``senders``, ``receivers``, ...).
+"""
+
+from tfequivariant.layers.edge_geometry import EdgeGeometry
+from tfequivariant.layers.gate import Gate
+from tfequivariant.layers.norm_nonlinearity import NormNonlinearity
+from tfequivariant.layers.radial_basis import RadialBasis
+from tfequivariant.layers.self_interaction import Linear, SelfInteraction
 from tfequivariant.layers.spherical_harmonics import SphericalHarmonics
 
-__all__ = ["SphericalHarmonics"]
+__all__ = [
+    "EdgeGeometry",
+    "Gate",
+    "Linear",
+    "NormNonlinearity",
+    "RadialBasis",
+    "SelfInteraction",
+    "SphericalHarmonics",
+]
