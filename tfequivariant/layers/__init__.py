@@ -8,16 +8,21 @@ section 3 (``positions``, ``senders``, ``receivers``, ...).
 from tfequivariant.layers.edge_geometry import EdgeGeometry
 from tfequivariant.layers.gate import Gate
 from tfequivariant.layers.norm_nonlinearity import NormNonlinearity
+from tfequivariant.layers.point_convolution import PointConvolution
 from tfequivariant.layers.radial_basis import RadialBasis
 from tfequivariant.layers.self_interaction import Linear, SelfInteraction
 from tfequivariant.layers.spherical_harmonics import SphericalHarmonics
+from tfequivariant.layers.tensor_product import FullyConnectedTensorProduct, TensorProduct
 
 __all__ = [
     "EdgeGeometry",
+    "FullyConnectedTensorProduct",
     "Gate",
     "Linear",
     "NormNonlinearity",
+    "PointConvolution",
     "RadialBasis",
     "SelfInteraction",
     "SphericalHarmonics",
+    "TensorProduct",
 ]

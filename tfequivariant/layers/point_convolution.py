@@ -1,0 +1,358 @@
+"""The Tensor Field Network point convolution."""
+
+import math
+
+import keras
+import numpy as np
+
+from tfequivariant import ops as tfe_ops
+from tfequivariant.layers._activations import get_activation, serialize_activation
+from tfequivariant.layers.edge_geometry import edge_vectors, parse_irreps_sh, slice_sh
+from tfequivariant.layers.radial_basis import RadialBasis
+from tfequivariant.layers.self_interaction import SelfInteraction, parse_irreps
+from tfequivariant.layers.tensor_product import (
+    fully_connected_instructions,
+    plan_instructions,
+    tensor_product,
+)
+from tfequivariant.spherical_harmonics import spherical_harmonics
+from tfequivariant.so3 import wigner_3j
+
+__all__ = ["PointConvolution", "second_moment_constant"]
+
+_IMPLEMENTATIONS = ("per_node", "per_edge")
+
+
+def second_moment_constant(activation):
+    """``1 / sqrt(E[f(z)^2])`` for ``z ~ N(0, 1)`` (e3nn's ``normalize2mom``), by quadrature."""
+    z, w = np.polynomial.hermite_e.hermegauss(80)
+    f = keras.ops.convert_to_numpy(activation(keras.ops.convert_to_tensor(z)))
+    return float(1.0 / np.sqrt(np.sum(w * f**2) / np.sqrt(2 * np.pi)))
+
+
+def _check_positive_int(value, name):
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{name} must be an int >= 1. Received: {name}={value!r}")
+    return int(value)
+
+
+@keras.saving.register_keras_serializable(package="tfequivariant")
+class PointConvolution(keras.layers.Layer):
+    """Tensor Field Network point convolution (Thomas, Smidt et al. 2018).
+
+    For each receiver ``i``, with ``r_ij = x_j - x_i`` over the edges ``j -> i``:
+
+    ``out_i = SI(f_i) + 1/sqrt(avg_num_neighbors) sum_j sum_paths
+    c_p R_p(|r_ij|) C^{l_o}_{l_i l_f} (f_j^{l_i} (x) Y^{l_f}(r_ij / |r_ij|))``
+
+    a fully connected (``uvw``) Clebsch–Gordan tensor product of the sender's
+    features with the spherical harmonics of the edge, every path
+    ``l_i x l_f -> l_o`` that the irreps allow, weighted per edge by a radial MLP
+    on the radial basis (and ``edge_attr`` when the graph has it); ``SI`` is a
+    self-interaction skip. ``c_p`` is e3nn's path normalization, so unit-variance
+    inputs give outputs of order one.
+
+    Two exact implementations:
+
+    * ``"per_node"`` (default): the radial MLP's last layer is linear, so it is
+      applied once per node after the neighbour sum instead of once per edge;
+      no per-edge weight tensor is built (DESIGN.md section 5). Uses a padded
+      ``[N, K]`` neighbour layout, ``K`` = ``max_neighbors`` or the largest
+      in-degree.
+    * ``"per_edge"``: per-edge weights ``[E, weight_numel]`` and a scatter-sum, as
+      e3nn does; simpler, more memory.
+
+    Args:
+        irreps_in: irreps of the node features.
+        irreps_out: irreps of the output, kept in the given order; a block that no
+            path can produce raises ``ValueError``.
+        irreps_sh: harmonics of the filter: int lmax or irreps (default 2, i.e.
+            ``"1x0e+1x1o+1x2e"``).
+        num_radial_basis: radial basis size (default 16).
+        cutoff: radial cutoff (default 5.0).
+        radial_basis: ``"gaussian"`` (default) or ``"bessel"``.
+        radial_hidden: hidden sizes of the radial MLP (default ``(64,)``).
+        radial_activation: its activation (default ``"silu"``).
+        avg_num_neighbors: the neighbour sum is divided by its square root
+            (default 1.0; set it to the mean in-degree of your graphs).
+        self_interaction: add ``SelfInteraction(irreps_in, irreps_out)(f_i)``
+            (default True).
+        max_neighbors: static ``K`` of the per-node layout (needed under XLA;
+            every node must receive at most ``K`` edges). Default None: the
+            largest in-degree, computed at run time.
+        implementation: ``"per_node"`` (default) or ``"per_edge"``.
+        **kwargs: base ``Layer`` arguments.
+
+    Call arguments:
+        features: ``[N, irreps_in.dim]``.
+        graph: dict with ``positions``, ``senders``, ``receivers``, optionally
+            ``edge_mask`` (0 removes an edge exactly), ``edge_shifts``,
+            ``edge_attr`` and the ``edge_sh`` / ``edge_radial`` of ``EdgeGeometry``
+            (component-normalized harmonics ``0..lmax`` covering ``irreps_sh``).
+
+    Returns:
+        ``[N, irreps_out.dim]``.
+
+    Example:
+        >>> conv = PointConvolution("4x0e+2x1o", "4x0e+2x1o", num_radial_basis=4, radial_hidden=(8,))
+        >>> g = {"positions": keras.ops.ones((3, 3)), "senders": keras.ops.array([0, 1], "int32"),
+        ...      "receivers": keras.ops.array([1, 2], "int32")}
+        >>> conv(keras.ops.ones((3, 10)), g).shape
+        (3, 10)
+
+    References:
+        Thomas, Smidt, Kearnes, Yang, Li, Kohlhoff, Riley, "Tensor field networks:
+        rotation- and translation-equivariant neural networks for 3D point
+        clouds", 2018.
+    """
+
+    def __init__(
+        self,
+        irreps_in,
+        irreps_out,
+        irreps_sh=2,
+        num_radial_basis=16,
+        cutoff=5.0,
+        radial_basis="gaussian",
+        radial_hidden=(64,),
+        radial_activation="silu",
+        avg_num_neighbors=1.0,
+        self_interaction=True,
+        max_neighbors=None,
+        implementation="per_node",
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.irreps_in = parse_irreps(irreps_in, "irreps_in")
+        self.irreps_out = parse_irreps(irreps_out, "irreps_out")
+        self.irreps_sh = parse_irreps_sh(irreps_sh)
+        if isinstance(radial_hidden, (int, np.integer)):
+            radial_hidden = (radial_hidden,)
+        self.radial_hidden = tuple(_check_positive_int(h, "radial_hidden") for h in radial_hidden)
+        if not self.radial_hidden:
+            raise ValueError("radial_hidden needs at least one hidden layer. Received: radial_hidden=()")
+        self.radial_activation = get_activation(radial_activation, "radial_activation")
+        self._act_scale = second_moment_constant(self.radial_activation)
+        try:
+            avg_num_neighbors = float(avg_num_neighbors)
+        except (TypeError, ValueError):
+            avg_num_neighbors = -1.0
+        if not avg_num_neighbors > 0:
+            raise ValueError(f"avg_num_neighbors must be > 0. Received: avg_num_neighbors={avg_num_neighbors!r}")
+        self.avg_num_neighbors = avg_num_neighbors
+        self.self_interaction = bool(self_interaction)
+        self.max_neighbors = None if max_neighbors is None else _check_positive_int(max_neighbors, "max_neighbors")
+        if implementation not in _IMPLEMENTATIONS:
+            raise ValueError(
+                f"implementation must be one of {_IMPLEMENTATIONS}. Received: implementation={implementation!r}"
+            )
+        self.implementation = implementation
+        instructions = fully_connected_instructions(self.irreps_in, self.irreps_sh, self.irreps_out)
+        reached = {ins[2] for ins in instructions}
+        missing = [str(self.irreps_out[i]) for i in range(len(self.irreps_out)) if i not in reached]
+        if missing:
+            raise ValueError(
+                f"irreps_out contains {', '.join(missing)}, which no path irreps_in x irreps_sh "
+                f"({self.irreps_in} x {self.irreps_sh}) can produce. Received: irreps_out={str(self.irreps_out)!r}"
+            )
+        self.instructions = plan_instructions(self.irreps_in, self.irreps_sh, self.irreps_out, instructions)
+        self.weight_numel = sum(int(np.prod(i.path_shape)) for i in self.instructions)
+        self.radial = RadialBasis(
+            num_radial_basis, cutoff, radial_basis, dtype=self.dtype_policy.variable_dtype, name="radial_basis"
+        )
+        self.num_radial_basis = self.radial.num_basis
+        self.cutoff = self.radial.cutoff
+        self.radial_basis = self.radial.basis
+        self.skip = (
+            SelfInteraction(self.irreps_in, self.irreps_out, dtype=self.dtype_policy, name="self_interaction")
+            if self.self_interaction
+            else None
+        )
+
+    def build(self, features_shape, graph_shape):
+        if features_shape[-1] is not None and features_shape[-1] != self.irreps_in.dim:
+            raise ValueError(
+                f"features must have last dimension irreps_in.dim = {self.irreps_in.dim} "
+                f"({self.irreps_in}). Received shape: {tuple(features_shape)}"
+            )
+        for key in ("positions", "senders", "receivers"):
+            if key not in graph_shape:
+                raise ValueError(f"graph must contain {key!r}. Received keys: {sorted(graph_shape)}")
+        if "edge_radial" in graph_shape and graph_shape["edge_radial"][-1] != self.num_radial_basis:
+            raise ValueError(
+                f"graph['edge_radial'] has {graph_shape['edge_radial'][-1]} radial functions but this "
+                f"layer was built for num_radial_basis={self.num_radial_basis}."
+            )
+        self._edge_attr_dim = int(graph_shape["edge_attr"][-1]) if "edge_attr" in graph_shape else 0
+        fan_in = self.num_radial_basis + self._edge_attr_dim
+        self.radial_kernels = []
+        for k, h in enumerate(self.radial_hidden):
+            self.radial_kernels.append(
+                self.add_weight(
+                    name=f"radial_kernel_{k}",
+                    shape=(fan_in, h),
+                    initializer=keras.initializers.RandomNormal(stddev=1.0),
+                )
+            )
+            fan_in = h
+        self.radial_output = self.add_weight(
+            name="radial_output",
+            shape=(fan_in, self.weight_numel),
+            initializer=keras.initializers.RandomNormal(stddev=1.0),
+        )
+        self.radial.build(None)
+        if self.skip is not None:
+            self.skip.build(features_shape)
+
+    # -- pieces -------------------------------------------------------------------
+    def _edge_inputs(self, graph):
+        """Harmonics, radial features and mask per edge, reusing EdgeGeometry's when present."""
+        ops = keras.ops
+        geometry_dtype = self.dtype_policy.variable_dtype
+        need = (self.irreps_sh.lmax + 1) ** 2
+        vec = None
+        if graph.get("edge_sh") is not None:
+            sh = graph["edge_sh"]
+            if sh.shape[-1] is not None and sh.shape[-1] < need:
+                raise ValueError(
+                    f"graph['edge_sh'] has {sh.shape[-1]} columns but irreps_sh={self.irreps_sh} needs "
+                    f"harmonics 0..{self.irreps_sh.lmax} ({need} columns). Build EdgeGeometry with "
+                    f"irreps_sh >= {self.irreps_sh.lmax} or drop edge_sh from the graph."
+                )
+        else:
+            vec = edge_vectors(graph, geometry_dtype)
+            sh = spherical_harmonics(
+                list(range(self.irreps_sh.lmax + 1)), vec, normalize=True, normalization="component"
+            )
+        sh = slice_sh(sh, self.irreps_sh)
+        if graph.get("edge_radial") is not None:
+            radial = graph["edge_radial"]
+        else:
+            if vec is None:
+                vec = edge_vectors(graph, geometry_dtype)
+            radial = self.radial(tfe_ops.safe_norm(vec, axis=-1))
+        radial = ops.cast(radial, self.compute_dtype)
+        if self._edge_attr_dim:
+            radial = ops.concatenate([radial, ops.cast(graph["edge_attr"], self.compute_dtype)], axis=-1)
+        mask = graph.get("edge_mask")
+        return ops.cast(sh, self.compute_dtype), radial, mask
+
+    def _radial_hidden(self, radial, mask):
+        ops = keras.ops
+        h = radial
+        for kernel in self.radial_kernels:
+            fan_in = kernel.shape[0]
+            h = self.radial_activation(ops.matmul(h, ops.cast(kernel, self.compute_dtype)) / math.sqrt(fan_in))
+            h = h * self._act_scale
+        if mask is not None:
+            h = h * ops.cast(mask, self.compute_dtype)[:, None]
+        return h
+
+    def _edge_products(self, x_send, sh):
+        """Weightless products ``[E, sum_p u v (2l_o+1)]`` of sender features and harmonics."""
+        ops = keras.ops
+        x_blocks = self.irreps_in.split(x_send)
+        sh_blocks = self.irreps_sh.split(sh)
+        parts = []
+        for ins in self.instructions:
+            (mul1, ir1), (mul2, ir2), (_, iro) = (
+                self.irreps_in[ins.i_in1],
+                self.irreps_sh[ins.i_in2],
+                self.irreps_out[ins.i_out],
+            )
+            C = ops.convert_to_tensor(wigner_3j(ir1.l, ir2.l, iro.l) * ins.coefficient, dtype=self.compute_dtype)
+            bc = ops.einsum("evj,ijk->evik", sh_blocks[ins.i_in2], C)
+            t = ops.einsum("eui,evik->euvk", x_blocks[ins.i_in1], bc)
+            parts.append(ops.reshape(t, (-1, mul1 * mul2 * iro.dim)))
+        return ops.concatenate(parts, axis=-1) if len(parts) > 1 else parts[0]
+
+    def _per_node(self, features, graph, sh, h):
+        ops = keras.ops
+        n = tfe_ops.num_nodes(graph["positions"])
+        x_send = ops.take(features, graph["senders"], axis=0)
+        t = self._edge_products(x_send, sh)  # [E, Q]
+        slots = tfe_ops.receiver_slots(graph["receivers"], n, self.max_neighbors)  # [N, K]
+        zeros_t = ops.zeros((1, t.shape[-1]), dtype=t.dtype)
+        zeros_h = ops.zeros((1, h.shape[-1]), dtype=h.dtype)
+        t_pad = ops.take(ops.concatenate([t, zeros_t], axis=0), slots, axis=0)  # [N, K, Q]
+        h_pad = ops.take(ops.concatenate([h, zeros_h], axis=0), slots, axis=0)  # [N, K, H]
+        s = ops.einsum("nkh,nkq->nhq", h_pad, t_pad)  # [N, H, Q]
+        hidden = h.shape[-1]
+        w_all = ops.cast(self.radial_output, self.compute_dtype) / math.sqrt(hidden)
+        per_out = [[] for _ in self.irreps_out]
+        q_off, w_off = 0, 0
+        for ins in self.instructions:
+            (mul1, _), (mul2, _), (mulo, iro) = (
+                self.irreps_in[ins.i_in1],
+                self.irreps_sh[ins.i_in2],
+                self.irreps_out[ins.i_out],
+            )
+            q = mul1 * mul2 * iro.dim
+            s_p = ops.reshape(s[:, :, q_off : q_off + q], (-1, hidden, mul1 * mul2, iro.dim))
+            w_p = ops.reshape(w_all[:, w_off : w_off + mul1 * mul2 * mulo], (hidden, mul1 * mul2, mulo))
+            per_out[ins.i_out].append(ops.einsum("nhak,haw->nwk", s_p, w_p))
+            q_off += q
+            w_off += mul1 * mul2 * mulo
+        out = []
+        for (mul, ir), ys in zip(self.irreps_out, per_out):
+            y = ys[0]
+            for extra in ys[1:]:
+                y = y + extra
+            out.append(ops.reshape(y, (-1, mul * ir.dim)))
+        return ops.concatenate(out, axis=-1) if len(out) > 1 else out[0]
+
+    def _per_edge(self, features, graph, sh, h):
+        ops = keras.ops
+        n = tfe_ops.num_nodes(graph["positions"])
+        x_send = ops.take(features, graph["senders"], axis=0)
+        w = ops.matmul(h, ops.cast(self.radial_output, self.compute_dtype)) / math.sqrt(h.shape[-1])
+        weights, offset = [], 0
+        for ins in self.instructions:
+            size = int(np.prod(ins.path_shape))
+            weights.append(ops.reshape(w[:, offset : offset + size], (-1,) + tuple(ins.path_shape)))
+            offset += size
+        messages = tensor_product(
+            self.irreps_in.split(x_send),
+            self.irreps_sh.split(sh),
+            weights,
+            self.instructions,
+            self.irreps_out,
+            (-1,),
+            self.compute_dtype,
+            shared=False,
+        )
+        return tfe_ops.segment_sum(messages, graph["receivers"], n)
+
+    def call(self, features, graph):
+        ops = keras.ops
+        features = ops.convert_to_tensor(features, dtype=self.compute_dtype)
+        sh, radial, mask = self._edge_inputs(graph)
+        h = self._radial_hidden(radial, mask)
+        if self.implementation == "per_node":
+            out = self._per_node(features, graph, sh, h)
+        else:
+            out = self._per_edge(features, graph, sh, h)
+        out = out / math.sqrt(self.avg_num_neighbors)
+        if self.skip is not None:
+            out = out + self.skip(features)
+        return out
+
+    def compute_output_shape(self, features_shape, graph_shape):
+        return tuple(features_shape[:-1]) + (self.irreps_out.dim,)
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "irreps_in": str(self.irreps_in),
+            "irreps_out": str(self.irreps_out),
+            "irreps_sh": str(self.irreps_sh),
+            "num_radial_basis": self.num_radial_basis,
+            "cutoff": self.cutoff,
+            "radial_basis": self.radial_basis,
+            "radial_hidden": list(self.radial_hidden),
+            "radial_activation": serialize_activation(self.radial_activation),
+            "avg_num_neighbors": self.avg_num_neighbors,
+            "self_interaction": self.self_interaction,
+            "max_neighbors": self.max_neighbors,
+            "implementation": self.implementation,
+        }
