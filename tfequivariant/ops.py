@@ -18,9 +18,8 @@ def safe_sqrt(x):
     NaN input still gives NaN.
     """
     ops = keras.ops
-    positive = ops.greater(x, 0)
-    ones = ops.ones_like(x)
-    return ops.where(positive, ops.sqrt(ops.where(positive, x, ones)), ops.zeros_like(x))
+    zero = ops.equal(x, 0)
+    return ops.where(zero, ops.zeros_like(x), ops.sqrt(ops.where(zero, ops.ones_like(x), x)))
 
 
 def safe_norm(x, axis=-1, keepdims=False):

@@ -10,6 +10,7 @@ from tfequivariant.layers.gate import Gate
 from tfequivariant.layers.norm_nonlinearity import NormNonlinearity
 from tfequivariant.layers.point_convolution import PointConvolution
 from tfequivariant.layers.radial_basis import RadialBasis
+from tfequivariant.layers.ragged_to_edges import RaggedToEdges
 from tfequivariant.layers.self_interaction import Linear, SelfInteraction
 from tfequivariant.layers.spherical_harmonics import SphericalHarmonics
 from tfequivariant.layers.tensor_product import FullyConnectedTensorProduct, TensorProduct
@@ -22,6 +23,7 @@ __all__ = [
     "NormNonlinearity",
     "PointConvolution",
     "RadialBasis",
+    "RaggedToEdges",
     "SelfInteraction",
     "SphericalHarmonics",
     "TensorProduct",

@@ -45,6 +45,8 @@ def edge_vectors(graph, dtype=None):
     """``positions[senders] - positions[receivers] (+ edge_shifts)``, the contract's edge vector."""
     ops = keras.ops
     pos = graph["positions"]
+    if pos.shape[-1] is not None and pos.shape[-1] != 3:
+        raise ValueError(f"graph['positions'] must have shape [N, 3]. Received shape: {tuple(pos.shape)}")
     if dtype is not None:
         pos = ops.cast(pos, dtype)
     vec = ops.take(pos, graph["senders"], axis=0) - ops.take(pos, graph["receivers"], axis=0)

@@ -22,7 +22,7 @@ def mix_channels(blocks, weight):
     ops = keras.ops
     if blocks.shape[-1] == 1:
         return ops.matmul(blocks[..., 0], weight)[..., None]
-    return ops.einsum("num,uw->nwm", blocks, weight)
+    return ops.einsum("...um,uw->...wm", blocks, weight)
 
 
 @keras.saving.register_keras_serializable(package="tfequivariant")
