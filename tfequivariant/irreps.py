@@ -269,10 +269,11 @@ class Irreps(tuple):
 
     @property
     def lmax(self):
-        """Largest degree; raises ``ValueError`` for an empty ``Irreps``."""
-        if len(self) == 0:
-            raise ValueError("lmax of an empty Irreps is undefined. Received: Irreps('')")
-        return max(b.ir.l for b in self)
+        """Largest degree present (zero multiplicities ignored, as in e3nn)."""
+        ls = [b.ir.l for b in self if b.mul > 0]
+        if not ls:
+            raise ValueError(f"lmax of an empty Irreps (no multiplicity > 0) is undefined. Received: Irreps({str(self)!r})")
+        return max(ls)
 
     @property
     def ls(self):

@@ -216,14 +216,19 @@ def _harmonics_flat(x, ls, normalize, normalization):
     ops = keras.ops
     lmax = max(ls)
     x_, y_, z_ = x[..., 0], x[..., 1], x[..., 2]
-    r2 = x_ * x_ + y_ * y_ + z_ * z_
     if normalize:
-        # Exact zero vectors: divide by 1 instead of 0, giving Y^0 and zeros with
-        # finite gradients; NaN input still propagates (NaN == 0 is False).
-        is_zero = ops.equal(r2, 0)
-        inv = ops.rsqrt(ops.where(is_zero, ops.ones_like(r2), r2))
+        # Scale by the largest component first so |x|^2 neither overflows nor
+        # underflows; exact zero vectors divide by 1 instead of 0, giving Y^0 and
+        # zeros with finite gradients; NaN input still propagates.
+        big = ops.maximum(ops.maximum(ops.abs(x_), ops.abs(y_)), ops.abs(z_))
+        is_zero = ops.equal(big, 0)
+        inv_big = 1 / ops.where(is_zero, ops.ones_like(big), big)
+        x_, y_, z_ = x_ * inv_big, y_ * inv_big, z_ * inv_big
+        inv = ops.rsqrt(ops.where(is_zero, ops.ones_like(big), x_ * x_ + y_ * y_ + z_ * z_))
         x_, y_, z_ = x_ * inv, y_ * inv, z_ * inv
-        r2 = 1 - ops.cast(is_zero, r2.dtype)
+        r2 = 1 - ops.cast(is_zero, big.dtype)
+    else:
+        r2 = x_ * x_ + y_ * y_ + z_ * z_
     if lmax <= 2:
         blocks = _harmonics_low(x_, y_, z_, lmax)
         base = "component"

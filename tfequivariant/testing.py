@@ -113,7 +113,8 @@ def equivariance_error(
         seed: seed of the generator of rotations, translations and inputs.
 
     Returns:
-        ``max |f(g x) - g f(x)| / max(1, max |f(x)|)`` over trials and outputs.
+        ``max |f(g x) - g f(x)| / max |f(x)|`` over trials and outputs (relative
+        error; ``inf`` if any output is NaN or infinite).
     """
     rng = np.random.default_rng(seed)
     specs_in, _ = _as_list(irreps_in)
@@ -130,7 +131,11 @@ def equivariance_error(
     if len(ref) != len(specs_out):
         raise ValueError(f"fn returned {len(ref)} outputs but irreps_out has {len(specs_out)}.")
     ref = [_to_numpy(r).astype(np.float64) for r in ref]
-    scale = max([1.0] + [float(np.max(np.abs(r))) if r.size else 0.0 for r in ref])
+    if not all(np.all(np.isfinite(r)) for r in ref):
+        return float("inf")  # NaN/inf outputs are never "equivariant" (max() would skip NaN)
+    # Relative to the output's own scale, so small outputs cannot hide an error;
+    # the floor only guards an identically zero output.
+    scale = max([1e-12] + [float(np.max(np.abs(r))) if r.size else 0.0 for r in ref])
     worst = 0.0
     for trial in range(num_trials):
         R = so3.rand_matrix(seed=rng)
@@ -143,6 +148,8 @@ def equivariance_error(
             o = _to_numpy(o).astype(np.float64)
             if o.shape != e.shape:
                 raise AssertionError(f"output shape changed under rotation: {o.shape} vs {e.shape}")
+            if not np.all(np.isfinite(o)):
+                return float("inf")
             if o.size:
                 worst = max(worst, float(np.max(np.abs(o - e))) / scale)
     return worst
@@ -152,7 +159,7 @@ def assert_equivariant(fn, irreps_in, irreps_out, args_in=None, *, tolerance=Non
     """Assert ``equivariance_error(...) <= tolerance`` and print the error.
 
     ``tolerance`` defaults to ``DEFAULT_TOLERANCES[dtype]`` (float64 1e-9,
-    float32 2e-4, relative to the output scale). Other keyword arguments go to
+    float32 2e-4, relative to the largest output). Other keyword arguments go to
     ``equivariance_error``. Returns the error.
     """
     dtype = kwargs.get("dtype", "float64")
