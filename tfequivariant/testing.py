@@ -315,7 +315,8 @@ def check_layer(
     if run_fit and not isinstance(out, dict):
         target = _map_structure(lambda a: np.random.default_rng(0).normal(size=np.shape(a)).astype(
             _to_numpy(a).dtype), out)
-        ds = tf.data.Dataset.from_tensors((model_in, target))
+        # tf.data stacks a Python list into one tensor: several inputs go as a tuple.
+        ds = tf.data.Dataset.from_tensors((tuple(model_in) if isinstance(model_in, list) else model_in, target))
         before = [np.array(w) for w in model.trainable_weights]
         model.compile(optimizer=keras.optimizers.SGD(0.01), loss="mse", jit_compile=False)
         history = model.fit(ds, epochs=1, verbose=0, shuffle=False)

@@ -232,6 +232,13 @@ class PointConvolution(keras.layers.Layer):
                 vec = edge_vectors(graph, geometry_dtype)
             radial = self.radial(tfe_ops.safe_norm(vec, axis=-1))
         radial = ops.cast(radial, self.compute_dtype)
+        has_attr = graph.get("edge_attr") is not None
+        if has_attr != bool(self._edge_attr_dim):
+            raise ValueError(
+                f"This layer was built {'with' if self._edge_attr_dim else 'without'} graph['edge_attr'] "
+                f"(width {self._edge_attr_dim}) but is called {'with' if has_attr else 'without'} it: "
+                "edge features feed the radial network's first layer, so every call needs the same keys."
+            )
         if self._edge_attr_dim:
             radial = ops.concatenate([radial, ops.cast(graph["edge_attr"], self.compute_dtype)], axis=-1)
         mask = graph.get("edge_mask")

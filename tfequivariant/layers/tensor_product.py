@@ -74,6 +74,11 @@ def plan_instructions(
             )
         if mode == "uvu" and mulo != mul1:
             raise ValueError(f"Instruction {ins!r}: mode 'uvu' needs mul_out == mul_in1 ({mulo} != {mul1}).")
+        if mode == "uvw" and not has_weight and mulo != 1:
+            raise ValueError(
+                f"Instruction {ins!r}: an unweighted 'uvw' path sums every channel pair into one "
+                f"output channel, so it needs mul_out == 1 (got {mulo}); give it weights or use 'uvu'/'uuu'."
+            )
         if mode == "uuu" and not (mul1 == mul2 == mulo):
             raise ValueError(f"Instruction {ins!r}: mode 'uuu' needs equal multiplicities.")
         shape = {"uvw": (mul1, mul2, mulo), "uvu": (mul1, mul2), "uuu": (mul1,)}[mode] if has_weight else ()

@@ -1,0 +1,706 @@
+"""Tests of ``PointConvolution`` (both implementations) and a 3-layer TFN stack.
+
+The sparse edge path is checked against a dense all-pairs implementation
+written here in NumPy float64 from the Tensor Field Network equations
+(reference/equivariant_gnns.md) and the layer's docstring:
+
+    out_i = SI(f_i) + 1/sqrt(avg_num_neighbors) sum_j A[i, j] sum_paths
+            c_p sum_{u w} W_p[u, w](|r_ij|) sum_{a b} C[a, b, k] f_j[u, a] Y[b](r_ij)
+
+with ``r_ij = x_j - x_i``, ``A`` the dense [N, N] adjacency (edge mask), ``Y``
+component-normalized harmonics (``tfequivariant.spherical_harmonics``, tested
+against scipy elsewhere), the radial weights ``W_p`` from an MLP on the gaussian
+basis times the polynomial envelope (re-implemented here, weights read from the
+layer's named variables), ``C = wigner_3j`` and ``c_p = sqrt(alpha)``,
+``alpha = (2 l_out + 1) / (sum of mul_in * mul_sh over the paths into that
+output block)``, recomputed here. Everything else uses the shared harness,
+the shared equivariance check (rotations, reflections, translations; float64
+and float32) and, when installed, e3nn. Run with ``-s`` to see the errors.
+
+Note: ``check_layer`` runs with ``run_fit=False`` here and ``_fit_step`` does
+its step 5, because the harness' fit step fails for layers with two call
+arguments (see ``test_tensor_product.py::test_check_layer_fit_step_with_two_inputs``).
+"""
+
+import math
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from scipy.integrate import quad
+from scipy.special import expit
+
+from tfequivariant import spherical_harmonics, wigner_3j
+from tfequivariant.irreps import Irreps
+from tfequivariant.layers import EdgeGeometry, Gate, PointConvolution
+from tfequivariant.testing import CARTESIAN_POINTS, assert_equivariant, check_layer
+
+DTYPES = ["float64", "float32"]
+IMPLEMENTATIONS = ["per_node", "per_edge"]
+# Features with every kind of parity; the output keeps a given (unsorted) order.
+IRREPS_IN = "2x0e+1x0o+2x1o+1x1e+1x2e+1x2o"
+IRREPS_OUT = "1x1o+2x0e+1x0o+2x1e+1x2e+1x2o"
+SMALL = dict(num_radial_basis=6, cutoff=3.0, radial_hidden=(8, 7), avg_num_neighbors=2.5)
+
+# 7 nodes, unique ordered pairs j -> i, one self-loop (2 -> 2, a zero-length edge),
+# node 5 only sends, node 6 is isolated. In-degrees: 4, 3, 3, 1, 1, 0, 0.
+SENDERS = np.array([0, 1, 2, 3, 4, 0, 2, 5, 1, 4, 2, 3], np.int32)
+RECEIVERS = np.array([1, 2, 3, 4, 0, 2, 0, 1, 0, 1, 2, 0], np.int32)
+NUM_NODES = 7
+MAX_IN_DEGREE = 4
+# With _graph()'s positions, edges 2, 4 and 9 are longer than the 3.0 cutoff (radial weights
+# exactly 0) and edge 10 (the self-loop) has length 0.
+
+
+def _rng(seed=0):
+    return np.random.default_rng(seed)
+
+
+def _np(x):
+    return keras.ops.convert_to_numpy(x).astype(np.float64)
+
+
+def _graph(dtype="float32", seed=0, **extra):
+    graph = {
+        "positions": (_rng(seed).normal(size=(NUM_NODES, 3)) * 1.2).astype(dtype),
+        "senders": SENDERS.copy(),
+        "receivers": RECEIVERS.copy(),
+    }
+    graph.update(extra)
+    return graph
+
+
+def _features(irreps=IRREPS_IN, n=NUM_NODES, seed=1, dtype="float32"):
+    return _rng(seed).normal(size=(n, Irreps(irreps).dim)).astype(dtype)
+
+
+def _conv(irreps_in=IRREPS_IN, irreps_out=IRREPS_OUT, dtype="float64", **kwargs):
+    return PointConvolution(irreps_in, irreps_out, **{**SMALL, "dtype": dtype, **kwargs})
+
+
+def _randomize_biases(layer, seed=3):
+    """Nonzero self-interaction biases (they start at zero) so references see them."""
+    for w in layer.weights:
+        if w.name == "bias":
+            w.assign(_rng(seed).normal(size=w.shape))
+
+
+def _built(layer, features, graph, seed=3):
+    layer(features, graph)
+    _randomize_biases(layer, seed)
+    return layer
+
+
+def _fit_step(layer, inputs):
+    """Step 5 of check_layer (one fit step) with the inputs passed as a tuple."""
+    features, graph = inputs
+    sym_f = keras.Input(shape=features.shape[1:], dtype=str(features.dtype))
+    sym_g = {k: keras.Input(shape=np.shape(v)[1:], dtype=str(np.asarray(v).dtype), name=k) for k, v in graph.items()}
+    model = keras.Model([sym_f, sym_g], layer(sym_f, sym_g))
+    target = _rng(9).normal(size=(len(features), layer.irreps_out.dim)).astype("float32")
+    before = [keras.ops.convert_to_numpy(w) for w in model.trainable_weights]
+    model.compile(optimizer=keras.optimizers.SGD(0.01), loss="mse", jit_compile=False)
+    loss = model.fit(tf.data.Dataset.from_tensors(((features, graph), target)), epochs=1, verbose=0)
+    assert np.isfinite(loss.history["loss"][-1])
+    assert any(not np.allclose(b, keras.ops.convert_to_numpy(w)) for b, w in zip(before, model.trainable_weights))
+
+
+# ----------------------------------------------------------------------------------
+# The dense all-pairs reference (NumPy float64)
+# ----------------------------------------------------------------------------------
+def _silu(x):
+    return x * expit(x)
+
+
+def _second_moment_scale(f):
+    """``1 / sqrt(E[f(z)^2])``, ``z ~ N(0, 1)``, by adaptive quadrature."""
+    m2, _ = quad(lambda z: f(z) ** 2 * math.exp(-z * z / 2) / math.sqrt(2 * math.pi), -np.inf, np.inf,
+                 epsabs=1e-14, epsrel=1e-13)
+    return 1.0 / math.sqrt(m2)
+
+
+SILU_SCALE = _second_moment_scale(_silu)
+
+
+def _gaussian_basis(r, num_basis, cutoff, p=6):
+    """``exp(-((r - mu_k) / step)^2) / 1.12 * u(r / cutoff)``, ``mu = linspace(0, cutoff)``.
+
+    ``u(x) = 1 - (p+1)(p+2)/2 x^p + p(p+2) x^(p+1) - p(p+1)/2 x^(p+2)`` below 1, 0 beyond
+    (for p = 6: ``1 - 28 x^6 + 48 x^7 - 21 x^8``).
+    """
+    mu = np.linspace(0.0, cutoff, num_basis)
+    step = cutoff / (num_basis - 1)
+    b = np.exp(-(((r[..., None] - mu) / step) ** 2)) / 1.12
+    x = r / cutoff
+    u = 1 - (p + 1) * (p + 2) / 2 * x**p + p * (p + 2) * x ** (p + 1) - p * (p + 1) / 2 * x ** (p + 2)
+    return b * np.where(x < 1, u, 0.0)[..., None]
+
+
+def _blocks(x, irreps):
+    """``[..., dim]`` -> list of ``[..., mul, 2l+1]``."""
+    out, start = [], 0
+    for mul, ir in Irreps(irreps):
+        out.append(x[..., start : start + mul * ir.dim].reshape(x.shape[:-1] + (mul, ir.dim)))
+        start += mul * ir.dim
+    return out
+
+
+def _weights_by_name(layer):
+    return {w.name: _np(w) for w in layer.weights}
+
+
+def _dense_self_interaction(features, irreps_in, irreps_out, weights):
+    """``SI``: per irrep type, all input channels of that type times ``W / sqrt(U)``, + bias on 0e."""
+    irreps_in, irreps_out = Irreps(irreps_in), Irreps(irreps_out)
+    in_blocks = _blocks(features, irreps_in)
+    n = len(features)
+    used, out, bias_at = {}, [], 0
+    for mul, ir in irreps_out:
+        parts = [b for b, (_, ir_in) in zip(in_blocks, irreps_in) if ir_in == ir]
+        if parts:
+            x = np.concatenate(parts, axis=1)  # [N, U, d]
+            y = np.einsum("nud,uw->nwd", x, weights[f"weight_{ir}"]) / math.sqrt(x.shape[1])
+            start = used.get(ir, 0)
+            used[ir] = start + mul
+            block = y[:, start : start + mul, :]
+        else:
+            block = np.zeros((n, mul, ir.dim))
+        if ir.l == 0 and ir.p == 1 and "bias" in weights:
+            block = block + weights["bias"][bias_at : bias_at + mul][None, :, None]
+            bias_at += mul
+        out.append(block.reshape(n, -1))
+    return np.concatenate(out, axis=-1)
+
+
+def dense_reference(layer, features, positions, adjacency, edge_attr=None):
+    """The point convolution over every ordered pair (j -> i) with ``adjacency[i, j] != 0``.
+
+    ``edge_attr``: dense ``[N, N, F]`` invariant pair features (row i = receiver).
+    """
+    features = np.asarray(features, np.float64)
+    x = np.asarray(positions, np.float64)
+    adjacency = np.asarray(adjacency, np.float64)
+    n = len(x)
+    irreps_in, irreps_sh, irreps_out = Irreps(layer.irreps_in), Irreps(layer.irreps_sh), Irreps(layer.irreps_out)
+    w = _weights_by_name(layer)
+
+    r = x[None, :, :] - x[:, None, :]  # r[i, j] = x_j - x_i
+    length = np.sqrt(np.sum(r * r, axis=-1))
+    sh = {
+        ir.l: spherical_harmonics(ir.l, r.reshape(-1, 3), normalize=True, normalization="component").reshape(
+            n, n, ir.dim
+        )
+        for _, ir in irreps_sh
+    }
+    h = _gaussian_basis(length, layer.num_radial_basis, layer.cutoff)
+    if edge_attr is not None:
+        h = np.concatenate([h, np.asarray(edge_attr, np.float64)], axis=-1)
+    k = 0
+    while f"radial_kernel_{k}" in w:
+        kernel = w[f"radial_kernel_{k}"]
+        h = _silu(h @ kernel / math.sqrt(kernel.shape[0])) * SILU_SCALE
+        k += 1
+    radial = h @ w["radial_output"] / math.sqrt(h.shape[-1])  # [N, N, weight_numel]
+
+    # Paths: every in x sh -> out allowed by |l1 - l2| <= l <= l1 + l2 and p = p1 p2,
+    # e3nn's order (loops over in, sh, out); weights [mul_in, 1, mul_out] each.
+    paths = [
+        (i1, i2, io)
+        for i1, (_, ir1) in enumerate(irreps_in)
+        for i2, (_, ir2) in enumerate(irreps_sh)
+        for io, (_, iro) in enumerate(irreps_out)
+        if abs(ir1.l - ir2.l) <= iro.l <= ir1.l + ir2.l and iro.p == ir1.p * ir2.p
+    ]
+    denom = [
+        sum(irreps_in[p[0]].mul * irreps_sh[p[1]].mul for p in paths if p[2] == io) for io in range(len(irreps_out))
+    ]
+    f_blocks = _blocks(features, irreps_in)
+    out = [np.zeros((n, mul, ir.dim)) for mul, ir in irreps_out]
+    offset = 0
+    for i1, i2, io in paths:
+        (mul1, ir1), (_, ir2), (mulo, iro) = irreps_in[i1], irreps_sh[i2], irreps_out[io]
+        W = radial[..., offset : offset + mul1 * mulo].reshape(n, n, mul1, mulo)
+        offset += mul1 * mulo
+        c = math.sqrt((2 * iro.l + 1) / denom[io])
+        C = wigner_3j(ir1.l, ir2.l, iro.l)
+        # message[i, j, w, k] = c sum_u W[i,j,u,w] sum_ab C[a,b,k] f_j[u,a] Y_ij[b]
+        msg = c * np.einsum("ijuw,abk,jua,ijb->ijwk", W, C, f_blocks[i1], sh[ir2.l])
+        out[io] += np.einsum("ij,ijwk->iwk", adjacency, msg)
+    assert offset == radial.shape[-1]
+    conv = np.concatenate([o.reshape(n, -1) for o in out], axis=-1) / math.sqrt(layer.avg_num_neighbors)
+    if layer.self_interaction:
+        conv = conv + _dense_self_interaction(features, irreps_in, irreps_out, w)
+    return conv
+
+
+def _adjacency(senders, receivers, n, mask=None):
+    a = np.zeros((n, n))
+    mask = np.ones(len(senders)) if mask is None else mask
+    for s, r, m in zip(senders, receivers, mask):
+        assert a[r, s] == 0, "the dense reference needs unique ordered pairs"
+        a[r, s] = m
+    return a
+
+
+def _assert_close(got, expected, rel, what=""):
+    got, expected = np.asarray(got, np.float64), np.asarray(expected, np.float64)
+    assert got.shape == expected.shape, f"{what}: shape {got.shape} != {expected.shape}"
+    scale = max(1.0, float(np.abs(expected).max()))
+    err = float(np.abs(got - expected).max())
+    assert err <= rel * scale, f"{what}: max |diff| {err:.3e} > {rel:.1e} * {scale:.3g}"
+
+
+# ==================================================================================
+# 1. The shared harness
+# ==================================================================================
+@pytest.mark.parametrize(
+    "init_kwargs, graph",
+    [
+        (dict(max_neighbors=MAX_IN_DEGREE), _graph(edge_mask=(np.arange(12) % 5 != 0).astype("float32"),
+                                                   edge_attr=_rng(4).normal(size=(12, 2)).astype("float32"))),
+        (dict(implementation="per_edge"), _graph(edge_shifts=_rng(5).normal(size=(12, 3)).astype("float32"))),
+    ],
+    ids=["per_node-mask-attr", "per_edge-shifts"],
+)
+def test_check_layer(init_kwargs, graph):
+    kwargs = dict(irreps_in="3x0e+2x1o+1x2e", irreps_out="2x0e+2x1o+1x1e+1x2e", irreps_sh=2,
+                  num_radial_basis=4, cutoff=3.0, radial_hidden=(8,), **init_kwargs)
+    inputs = (_features("3x0e+2x1o+1x2e"), graph)
+    check_layer(PointConvolution, kwargs, inputs, run_fit=False)
+    _fit_step(PointConvolution(**kwargs), inputs)
+
+
+# ==================================================================================
+# 2. Equivariance: rotations, reflections and translations, float64 and float32
+# ==================================================================================
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+def test_equivariant(implementation, dtype):
+    graph = _graph(dtype)
+    layer = _built(_conv(dtype=dtype, implementation=implementation), _features(dtype=dtype), graph)
+
+    def conv(features, positions):
+        return layer(features, {**graph, "positions": positions})
+
+    args = [_features(dtype=dtype, seed=2), graph["positions"]]
+    assert_equivariant(conv, [IRREPS_IN, CARTESIAN_POINTS], IRREPS_OUT, args_in=args, dtype=dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+def test_equivariant_with_shifts_mask_and_edge_attr(implementation, dtype):
+    """Shifts are vectors (rotated, not translated: spec ``1x1o``), edge_attr and mask invariant."""
+    rng = _rng(6)
+    graph = _graph(dtype, edge_mask=(np.arange(12) % 4 != 1).astype(dtype),
+                   edge_attr=rng.normal(size=(12, 3)).astype(dtype))
+    shifts = rng.normal(size=(12, 3)).astype(dtype)
+    layer = _built(_conv(dtype=dtype, implementation=implementation), _features(dtype=dtype),
+                   {**graph, "edge_shifts": shifts})
+
+    def conv(features, positions, edge_shifts):
+        return layer(features, {**graph, "positions": positions, "edge_shifts": edge_shifts})
+
+    args = [_features(dtype=dtype, seed=2), graph["positions"], shifts]
+    assert_equivariant(conv, [IRREPS_IN, CARTESIAN_POINTS, "1x1o"], IRREPS_OUT, args_in=args, dtype=dtype)
+
+
+def _tfn_stack(dtype, irreps_in, irreps_final):
+    """EdgeGeometry once, then PointConvolution -> Gate -> PointConvolution -> Gate -> PointConvolution."""
+    geometry = EdgeGeometry(irreps_sh=2, num_radial_basis=6, cutoff=3.0, dtype=dtype)
+    gate1 = Gate("3x0e+1x0o", ["silu", "tanh"], "2x0e+1x0o", ["sigmoid", "tanh"], "2x1o+1x1e", dtype=dtype)
+    gate2 = Gate("2x0e+1x0o", ["silu", "tanh"], "2x0e+1x0o", ["sigmoid", "tanh"], "1x1o+1x1e+1x2e", dtype=dtype)
+    kw = dict(num_radial_basis=6, cutoff=3.0, radial_hidden=(8,), avg_num_neighbors=2.5, dtype=dtype)
+    conv1 = PointConvolution(irreps_in, gate1.irreps_in, max_neighbors=MAX_IN_DEGREE, **kw)
+    conv2 = PointConvolution(gate1.irreps_out, gate2.irreps_in, implementation="per_edge", **kw)
+    conv3 = PointConvolution(gate2.irreps_out, irreps_final, **kw)
+    return geometry, [conv1, gate1, conv2, gate2, conv3]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_tfn_stack_equivariant(dtype):
+    irreps_in, irreps_final = "2x0e+1x1o+1x1e+1x2e", "2x0e+1x0o+1x1o+1x1e+1x2o"
+    graph = _graph(dtype)
+    geometry, layers = _tfn_stack(dtype, irreps_in, irreps_final)
+    # the gates fit: each convolution outputs its gate's (sorted) input layout
+    assert str(layers[0].irreps_out) == str(layers[1].irreps_in) == "2x0o+5x0e+2x1o+1x1e"
+    assert str(layers[2].irreps_out) == str(layers[3].irreps_in)
+
+    def stack(features, positions):
+        g = geometry({**graph, "positions": positions})  # shared by the three convolutions
+        x = features
+        for layer in layers:
+            x = layer(x, g) if isinstance(layer, PointConvolution) else layer(x)
+        return x
+
+    stack(_features(irreps_in, dtype=dtype), graph["positions"])
+    for layer in layers:
+        _randomize_biases(layer, seed=len(layer.weights))
+    args = [_features(irreps_in, dtype=dtype, seed=2), graph["positions"]]
+    out = stack(*args)
+    assert np.all(np.isfinite(_np(out))) and np.abs(_np(out)).max() > 1e-3
+    assert_equivariant(stack, [irreps_in, CARTESIAN_POINTS], irreps_final, args_in=args, dtype=dtype)
+
+
+# ==================================================================================
+# 3. The sparse path equals the dense all-pairs reference (float64, 1e-10)
+# ==================================================================================
+DENSE_CASES = {
+    "per_node": dict(implementation="per_node"),
+    "per_node-max_neighbors": dict(implementation="per_node", max_neighbors=MAX_IN_DEGREE + 2),
+    "per_edge": dict(implementation="per_edge"),
+    "per_node-sh-0-2": dict(implementation="per_node", irreps_sh="1x0e+1x2e"),
+    "per_edge-sh-3-no-si": dict(implementation="per_edge", irreps_sh=3, self_interaction=False),
+}
+
+
+@pytest.mark.parametrize("case", list(DENSE_CASES))
+def test_matches_dense_all_pairs_reference(case):
+    graph = _graph("float64")
+    features = _features(dtype="float64", seed=2)
+    layer = _built(_conv(**DENSE_CASES[case]), features, graph)
+    expected = dense_reference(layer, features, graph["positions"], _adjacency(SENDERS, RECEIVERS, NUM_NODES))
+    _assert_close(layer(features, graph), expected, 1e-10, case)
+    if not layer.self_interaction:  # nodes 5 (sends only) and 6 (isolated) receive nothing
+        assert np.all(expected[5:] == 0) and np.abs(expected[:5]).min(axis=1).max() > 0
+
+
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+def test_matches_dense_reference_with_mask_and_edge_attr(implementation):
+    rng = _rng(7)
+    attr_dense = rng.normal(size=(NUM_NODES, NUM_NODES, 3))
+    mask = (np.arange(12) % 3 != 2).astype("float64")
+    graph = _graph("float64", edge_mask=mask, edge_attr=attr_dense[RECEIVERS, SENDERS])
+    features = _features(dtype="float64", seed=2)
+    layer = _built(_conv(implementation=implementation), features, graph)
+    assert layer.radial_kernels[0].shape == (layer.num_radial_basis + 3, 8)
+    adjacency = _adjacency(SENDERS, RECEIVERS, NUM_NODES, mask)
+    expected = dense_reference(layer, features, graph["positions"], adjacency, attr_dense)
+    _assert_close(layer(features, graph), expected, 1e-10, implementation)
+
+
+# ==================================================================================
+# 4. Graph contract: permutations, edge order, mask, shifts, edge_attr, EdgeGeometry
+# ==================================================================================
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+def test_node_permutation_permutes_output(implementation):
+    graph, features = _graph("float64"), _features(dtype="float64", seed=2)
+    layer = _built(_conv(implementation=implementation), features, graph)
+    ref = _np(layer(features, graph))
+    perm = _rng(8).permutation(NUM_NODES)  # new node k is old node perm[k]
+    inv = np.argsort(perm).astype(np.int32)
+    permuted = {"positions": graph["positions"][perm], "senders": inv[SENDERS], "receivers": inv[RECEIVERS]}
+    _assert_close(layer(features[perm], permuted), ref[perm], 1e-12)
+
+
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+def test_edge_order_does_not_matter(implementation):
+    rng = _rng(9)
+    graph = _graph("float64", edge_attr=rng.normal(size=(12, 2)), edge_mask=(np.arange(12) != 3).astype("float64"),
+                   edge_shifts=rng.normal(size=(12, 3)) * 0.3)
+    features = _features(dtype="float64", seed=2)
+    layer = _built(_conv(implementation=implementation), features, graph)
+    ref = _np(layer(features, graph))
+    order = rng.permutation(12)
+    shuffled = {k: (v[order] if k != "positions" else v) for k, v in graph.items()}
+    _assert_close(layer(features, shuffled), ref, 1e-12)
+
+
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+def test_masked_edges_equal_removed_edges(implementation):
+    graph, features = _graph("float64"), _features(dtype="float64", seed=2)
+    layer = _built(_conv(implementation=implementation), features, graph)
+    keep = np.ones(12, bool)
+    keep[[0, 4, 8, 10]] = False  # 10 is the self-loop
+    masked = _np(layer(features, {**graph, "edge_mask": keep.astype("float64")}))
+    removed = _np(layer(features, {**graph, "senders": SENDERS[keep], "receivers": RECEIVERS[keep]}))
+    _assert_close(masked, removed, 1e-13)
+    assert np.abs(masked - _np(layer(features, graph))).max() > 1e-3
+
+
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+def test_padding_node_with_masked_self_loops_is_invisible(implementation):
+    """The padding convention: an extra node, padding edges = masked self-loops on it."""
+    graph, features = _graph("float64"), _features(dtype="float64", seed=2)
+    layer = _built(_conv(implementation=implementation), features, graph)
+    ref = _np(layer(features, graph))
+    pad = NUM_NODES
+    padded = {
+        "positions": np.concatenate([graph["positions"], np.zeros((1, 3))]),
+        "senders": np.concatenate([SENDERS, [pad] * 3]).astype(np.int32),
+        "receivers": np.concatenate([RECEIVERS, [pad] * 3]).astype(np.int32),
+        "edge_mask": np.concatenate([np.ones(12), np.zeros(3)]),
+    }
+    out = _np(layer(np.concatenate([features, np.zeros((1, features.shape[1]))]), padded))
+    _assert_close(out[:NUM_NODES], ref, 1e-13)
+    assert np.all(np.isfinite(out))
+
+
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+def test_edge_shifts_equal_a_shifted_copy_of_the_sender(implementation):
+    """``r = x_j - x_i + s`` equals an edge from a copy of j placed at ``x_j + s``."""
+    graph, features = _graph("float64"), _features(dtype="float64", seed=2)
+    rng = _rng(10)
+    shifts = np.zeros((12, 3))
+    shifted_edges = [1, 6, 9]
+    shifts[shifted_edges] = rng.normal(size=(3, 3))
+    layer = _built(_conv(implementation=implementation), features, graph)
+    got = _np(layer(features, {**graph, "edge_shifts": shifts}))
+    # periodic copies: one new node per shifted edge, at x_sender + shift, same features
+    positions, feats, senders = [graph["positions"]], [features], SENDERS.copy()
+    for k, e in enumerate(shifted_edges):
+        positions.append(graph["positions"][SENDERS[e]][None] + shifts[e])
+        feats.append(features[SENDERS[e]][None])
+        senders[e] = NUM_NODES + k
+    copies = {"positions": np.concatenate(positions), "senders": senders, "receivers": RECEIVERS}
+    expected = _np(layer(np.concatenate(feats), copies))[:NUM_NODES]
+    _assert_close(got, expected, 1e-12)
+    assert np.abs(got - _np(layer(features, graph))).max() > 1e-3
+
+
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+def test_edge_attr_widens_radial_input_and_changes_output(implementation):
+    features = _features(dtype="float64", seed=2)
+    plain = _built(_conv(implementation=implementation), features, _graph("float64"))
+    attr = _rng(11).normal(size=(12, 5))
+    with_attr = _conv(implementation=implementation)
+    with_attr(features, _graph("float64", edge_attr=attr))
+    assert plain.radial_kernels[0].shape == (6, 8)
+    assert with_attr.radial_kernels[0].shape == (6 + 5, 8)
+    # the first layer divides by sqrt(fan_in) (6 -> 11): basis rows scaled by
+    # sqrt(11/6) and zero rows for edge_attr give back the plain output
+    w = plain.get_weights()
+    w_attr = [np.concatenate([w[0] * math.sqrt(11 / 6), np.zeros((5, 8))])] + w[1:]
+    with_attr.set_weights(w_attr)
+    ref = _np(plain(features, _graph("float64")))
+    _assert_close(with_attr(features, _graph("float64", edge_attr=attr)), ref, 1e-13)
+    # nonzero weights on those rows: edge_attr changes the output
+    w_attr[0][6:] = _rng(12).normal(size=(5, 8))
+    with_attr.set_weights(w_attr)
+    assert np.abs(_np(with_attr(features, _graph("float64", edge_attr=attr))) - ref).max() > 1e-3
+
+
+def test_edge_attr_on_a_layer_built_without_it_raises():
+    features = _features(dtype="float64", seed=2)
+    layer = _built(_conv(), features, _graph("float64"))
+    with pytest.raises(ValueError):
+        layer(features, _graph("float64", edge_attr=_rng(11).normal(size=(12, 5))))
+
+
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+def test_precomputed_edge_geometry_equals_computing_inside(implementation):
+    graph, features = _graph("float64", edge_shifts=_rng(13).normal(size=(12, 3)) * 0.2), _features(dtype="float64")
+    layer = _built(_conv(implementation=implementation), features, graph)
+    ref = _np(layer(features, graph))
+    # lmax 3 > the layer's 2: the layer takes the columns it needs
+    geometry = EdgeGeometry(irreps_sh=3, num_radial_basis=6, cutoff=3.0, dtype="float64")(graph)
+    _assert_close(layer(features, geometry), ref, 1e-13)
+    # a layer using harmonics 0 and 2 only slices them out of the full 0..lmax tensor
+    sliced = _built(_conv(implementation=implementation, irreps_sh="1x0e+1x2e"), features, graph)
+    _assert_close(sliced(features, geometry), sliced(features, graph), 1e-13)
+
+
+def test_edge_sh_with_too_low_lmax_raises():
+    graph, features = _graph("float64"), _features(dtype="float64")
+    geometry = EdgeGeometry(irreps_sh=1, num_radial_basis=6, cutoff=3.0, dtype="float64")(graph)
+    with pytest.raises(ValueError, match="edge_sh"):
+        _conv()(features, geometry)
+
+
+def test_mismatched_edge_radial_width_raises():
+    graph, features = _graph("float64"), _features(dtype="float64")
+    geometry = EdgeGeometry(irreps_sh=2, num_radial_basis=5, cutoff=3.0, dtype="float64")(graph)
+    with pytest.raises(ValueError, match="num_radial_basis=6"):
+        _conv()(features, geometry)
+    # after build (on a graph without edge_radial) the matmul rejects it
+    layer = _built(_conv(), features, graph)
+    with pytest.raises((ValueError, tf.errors.InvalidArgumentError)):
+        layer(features, geometry)
+
+
+# ==================================================================================
+# 5. Robustness: no edges, isolated nodes, zero-length edges; bad input
+# ==================================================================================
+def _finite_value_and_gradients(layer, features, graph):
+    positions = tf.constant(graph["positions"])
+    features = tf.constant(features)
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch([positions, features])
+        out = layer(features, {**graph, "positions": positions})
+        loss = tf.reduce_sum(out**2) + tf.reduce_sum(tf.sin(out))
+    grads = tape.gradient(loss, [positions, features] + list(layer.trainable_weights))
+    assert np.all(np.isfinite(_np(out))), "non-finite output"
+    for g, name in zip(grads, ["positions", "features"] + [w.path for w in layer.trainable_weights]):
+        assert g is not None, f"no gradient for {name}"
+        assert np.all(np.isfinite(_np(g))), f"non-finite gradient for {name}"
+    return _np(out), grads
+
+
+ROBUSTNESS_CONFIGS = [
+    dict(implementation="per_node"),
+    dict(implementation="per_node", max_neighbors=3),
+    dict(implementation="per_edge"),
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("config", ROBUSTNESS_CONFIGS, ids=["per_node", "per_node-K3", "per_edge"])
+def test_no_edges_finite_and_equal_to_self_interaction(config, dtype):
+    empty = {"positions": _graph(dtype)["positions"], "senders": np.zeros((0,), np.int32),
+             "receivers": np.zeros((0,), np.int32)}
+    features = _features(dtype=dtype, seed=2)
+    layer = _built(_conv(dtype=dtype, **config), features, empty)
+    out, grads = _finite_value_and_gradients(layer, features, empty)
+    expected = _dense_self_interaction(features, IRREPS_IN, IRREPS_OUT, _weights_by_name(layer))
+    _assert_close(out, expected, 1e-12 if dtype == "float64" else 1e-5)
+    np.testing.assert_array_equal(_np(grads[0]), 0.0)  # positions do not matter without edges
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("config", ROBUSTNESS_CONFIGS, ids=["per_node", "per_node-K3", "per_edge"])
+def test_zero_length_edges_and_isolated_nodes_finite(config, dtype):
+    """Self-loops, two nodes at the same place (both directions), an isolated node."""
+    positions = _graph(dtype)["positions"].copy()
+    positions[4] = positions[3]
+    graph = {"positions": positions,
+             "senders": np.array([0, 1, 3, 4, 2, 0], np.int32),
+             "receivers": np.array([0, 1, 4, 3, 1, 1], np.int32)}
+    features = _features(dtype=dtype, seed=2)
+    layer = _built(_conv(dtype=dtype, **config), features, graph)
+    out, _ = _finite_value_and_gradients(layer, features, graph)
+    if dtype == "float64":
+        expected = dense_reference(layer, features, positions, _adjacency(graph["senders"], graph["receivers"], 7))
+        _assert_close(out, expected, 1e-10)
+
+
+def test_padded_zero_features_and_zero_positions_finite_gradients():
+    """All-zero padding: zero features, zero positions, masked self-loops."""
+    graph = {"positions": np.zeros((3, 3)), "senders": np.array([0, 1, 2, 2], np.int32),
+             "receivers": np.array([0, 1, 2, 1], np.int32), "edge_mask": np.array([0.0, 0.0, 0.0, 1.0])}
+    features = np.zeros((3, Irreps(IRREPS_IN).dim))
+    for config in ROBUSTNESS_CONFIGS:
+        _finite_value_and_gradients(_built(_conv(**config), features, graph), features, graph)
+
+
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+def test_wrong_feature_width_names_expected_dim(implementation):
+    graph = _graph()
+    dim = Irreps(IRREPS_IN).dim
+    with pytest.raises(ValueError, match=f"irreps_in.dim = {dim}"):
+        _conv(dtype="float32", implementation=implementation)(np.ones((NUM_NODES, dim + 1), "float32"), graph)
+    layer = _built(_conv(dtype="float32", implementation=implementation), _features(), graph)
+    with pytest.raises(ValueError, match=str(dim)):
+        layer(np.ones((NUM_NODES, dim - 1), "float32"), graph)
+
+
+def test_missing_graph_key_raises():
+    graph = _graph()
+    del graph["receivers"]
+    with pytest.raises(ValueError, match="receivers"):
+        _conv(dtype="float32")(_features(), graph)
+
+
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+@pytest.mark.parametrize("key", ["senders", "receivers"])
+def test_out_of_range_index_raises_on_cpu_eager(implementation, key):
+    """CPU eager gathers raise; XLA would clamp and a GPU gather would return zeros, so
+    indices are validated at the boundary (DESIGN.md section 3). A negative index is
+    NOT caught here: ``keras.ops.take`` wraps -1 to the last node."""
+    graph = _graph()
+    layer = _built(_conv(dtype="float32", implementation=implementation), _features(), graph)
+    bad = graph[key].copy()
+    bad[3] = NUM_NODES + 2
+    with pytest.raises(tf.errors.InvalidArgumentError):
+        layer(_features(), {**graph, key: bad})
+
+
+def test_max_neighbors_smaller_than_in_degree_raises_on_cpu_eager():
+    """``max_neighbors`` below the largest in-degree (4 here).
+
+    What happens (measured, TF 2.21 CPU): eager and ``tf.function`` raise an
+    ``InvalidArgumentError`` from the ``ScatterNd`` in ``ops.receiver_slots``
+    ("indices[...] does not index into shape [N, K]"): no silent wrong numbers.
+    Under XLA (``jit_compile=True``) the out-of-range scatter is dropped and the
+    output silently misses those edges (DESIGN.md section 3: validate in-degrees
+    at the boundary before XLA); the per_edge implementation has no such limit.
+    """
+    graph, features = _graph("float64"), _features(dtype="float64")
+    layer = _conv(max_neighbors=MAX_IN_DEGREE - 1)
+    layer(features, {**graph, "senders": SENDERS[:1], "receivers": RECEIVERS[:1]})  # build
+    with pytest.raises(tf.errors.InvalidArgumentError, match="does not index into shape"):
+        layer(features, graph)
+    # at exactly the largest in-degree it is fine and equals the run-time K
+    exact = _conv(max_neighbors=MAX_IN_DEGREE)
+    exact(features, graph)
+    free = _conv()
+    free(features, graph)
+    free.set_weights(exact.get_weights())
+    _assert_close(exact(features, graph), free(features, graph), 1e-13)
+
+
+def test_implementations_agree_float32():
+    graph, features = _graph(), _features(seed=2)
+    a = _built(_conv(dtype="float32"), features, graph)
+    b = _conv(dtype="float32", implementation="per_edge")
+    b(features, graph)
+    b.set_weights(a.get_weights())
+    _assert_close(a(features, graph), b(features, graph), 1e-5)
+
+
+# ==================================================================================
+# 6. e3nn itself (optional: needs torch and e3nn)
+# ==================================================================================
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+def test_matches_e3nn_convolution(implementation):
+    """e3nn's building blocks assembled as in its point-convolution examples.
+
+    e3nn pieces: ``o3.spherical_harmonics`` (component), ``soft_one_hot_linspace``
+    (gaussian, ``cutoff=False``; the polynomial envelope, which e3nn has not,
+    is multiplied in from its formula), ``nn.FullyConnectedNet`` (same weight
+    layout and 1/sqrt(fan_in) scaling), ``o3.FullyConnectedTensorProduct`` with
+    per-edge weights, a scatter-sum and ``o3.Linear`` as the self-interaction.
+    e3nn's ``normalize2mom`` estimates the activation constant from 1e6 normal
+    samples (about 1e-4 off); it is set to the exact value so that the
+    comparison is about the layer, not that estimate.
+    """
+    torch = pytest.importorskip("torch")
+    o3 = pytest.importorskip("e3nn.o3")
+    from e3nn.math import soft_one_hot_linspace
+    from e3nn.nn import FullyConnectedNet
+
+    irreps_in, irreps_out = "3x0e+2x1o+1x1e+1x2e", "2x0e+1x0o+2x1o+1x1e+1x2e"
+    graph, features = _graph("float64"), _features(irreps_in, dtype="float64", seed=2)
+    layer = _built(_conv(irreps_in, irreps_out, implementation=implementation, radial_hidden=(8,)), features, graph)
+    w = _weights_by_name(layer)
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        pos = torch.as_tensor(graph["positions"])
+        s, r = torch.as_tensor(SENDERS).long(), torch.as_tensor(RECEIVERS).long()
+        vec = pos[s] - pos[r]
+        sh = o3.spherical_harmonics("1x0e+1x1o+1x2e", vec, normalize=True, normalization="component")
+        length = vec.norm(dim=-1)
+        x = length / 3.0
+        envelope = torch.where(x < 1, 1 - 28 * x**6 + 48 * x**7 - 21 * x**8, torch.zeros_like(x))
+        emb = soft_one_hot_linspace(length, 0.0, 3.0, 6, basis="gaussian", cutoff=False) * envelope[:, None]
+        tp = o3.FullyConnectedTensorProduct(irreps_in, "1x0e+1x1o+1x2e", irreps_out,
+                                            shared_weights=False, internal_weights=False)
+        fc = FullyConnectedNet([6, 8, tp.weight_numel], torch.nn.functional.silu)
+        linear = o3.Linear(irreps_in, irreps_out, biases=True)
+        with torch.no_grad():
+            fc.layer0.act.cst = SILU_SCALE
+            fc.layer0.weight.copy_(torch.as_tensor(w["radial_kernel_0"]))
+            fc.layer1.weight.copy_(torch.as_tensor(w["radial_output"]))
+            flat = []
+            for ins in linear.instructions:
+                if ins.i_in >= 0:
+                    flat.append(w[f"weight_{Irreps(irreps_in)[ins.i_in].ir}"].ravel())
+            linear.weight.copy_(torch.as_tensor(np.concatenate(flat)))
+            linear.bias.copy_(torch.as_tensor(w["bias"]))
+            f = torch.as_tensor(features)
+            messages = tp(f[s], sh, fc(emb))
+            conv = torch.zeros(NUM_NODES, messages.shape[1]).index_add(0, r, messages) / math.sqrt(2.5)
+            expected = (conv + linear(f)).numpy()
+    finally:
+        torch.set_default_dtype(previous)
+    _assert_close(layer(features, graph), expected, 1e-10)
