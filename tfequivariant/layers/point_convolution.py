@@ -6,16 +6,13 @@ import keras
 import numpy as np
 
 from tfequivariant import ops as tfe_ops
-from tfequivariant.layers._activations import get_activation, serialize_activation
-from tfequivariant.layers.edge_geometry import edge_vectors, parse_irreps_sh, slice_sh
-from tfequivariant.layers.radial_basis import RadialBasis
+from tfequivariant.layers._edge_filter import EdgeFilterLayer, check_positive_int, second_moment_constant
 from tfequivariant.layers.self_interaction import SelfInteraction, parse_irreps
 from tfequivariant.layers.tensor_product import (
     fully_connected_instructions,
     plan_instructions,
     tensor_product,
 )
-from tfequivariant.spherical_harmonics import spherical_harmonics
 from tfequivariant.so3 import wigner_3j
 
 __all__ = ["PointConvolution", "second_moment_constant"]
@@ -23,21 +20,8 @@ __all__ = ["PointConvolution", "second_moment_constant"]
 _IMPLEMENTATIONS = ("per_node", "per_edge")
 
 
-def second_moment_constant(activation):
-    """``1 / sqrt(E[f(z)^2])`` for ``z ~ N(0, 1)`` (e3nn's ``normalize2mom``), by quadrature."""
-    z, w = np.polynomial.hermite_e.hermegauss(80)
-    f = keras.ops.convert_to_numpy(activation(keras.ops.convert_to_tensor(z)))
-    return float(1.0 / np.sqrt(np.sum(w * f**2) / np.sqrt(2 * np.pi)))
-
-
-def _check_positive_int(value, name):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{name} must be an int >= 1. Received: {name}={value!r}")
-    return int(value)
-
-
 @keras.saving.register_keras_serializable(package="tfequivariant")
-class PointConvolution(keras.layers.Layer):
+class PointConvolution(EdgeFilterLayer):
     """Tensor Field Network point convolution (Thomas, Smidt et al. 2018).
 
     For each receiver ``i``, with ``r_ij = x_j - x_i`` over the edges ``j -> i``:
@@ -122,17 +106,17 @@ class PointConvolution(keras.layers.Layer):
         implementation="per_node",
         **kwargs,
     ):
-        super().__init__(**kwargs)
+        super().__init__(
+            irreps_sh=irreps_sh,
+            num_radial_basis=num_radial_basis,
+            cutoff=cutoff,
+            radial_basis=radial_basis,
+            radial_hidden=radial_hidden,
+            radial_activation=radial_activation,
+            **kwargs,
+        )
         self.irreps_in = parse_irreps(irreps_in, "irreps_in")
         self.irreps_out = parse_irreps(irreps_out, "irreps_out")
-        self.irreps_sh = parse_irreps_sh(irreps_sh)
-        if isinstance(radial_hidden, (int, np.integer)):
-            radial_hidden = (radial_hidden,)
-        self.radial_hidden = tuple(_check_positive_int(h, "radial_hidden") for h in radial_hidden)
-        if not self.radial_hidden:
-            raise ValueError("radial_hidden needs at least one hidden layer. Received: radial_hidden=()")
-        self.radial_activation = get_activation(radial_activation, "radial_activation")
-        self._act_scale = second_moment_constant(self.radial_activation)
         try:
             avg_num_neighbors = float(avg_num_neighbors)
         except (TypeError, ValueError):
@@ -141,7 +125,7 @@ class PointConvolution(keras.layers.Layer):
             raise ValueError(f"avg_num_neighbors must be > 0. Received: avg_num_neighbors={avg_num_neighbors!r}")
         self.avg_num_neighbors = avg_num_neighbors
         self.self_interaction = bool(self_interaction)
-        self.max_neighbors = None if max_neighbors is None else _check_positive_int(max_neighbors, "max_neighbors")
+        self.max_neighbors = None if max_neighbors is None else check_positive_int(max_neighbors, "max_neighbors")
         if implementation not in _IMPLEMENTATIONS:
             raise ValueError(
                 f"implementation must be one of {_IMPLEMENTATIONS}. Received: implementation={implementation!r}"
@@ -157,12 +141,6 @@ class PointConvolution(keras.layers.Layer):
             )
         self.instructions = plan_instructions(self.irreps_in, self.irreps_sh, self.irreps_out, instructions)
         self.weight_numel = sum(int(np.prod(i.path_shape)) for i in self.instructions)
-        self.radial = RadialBasis(
-            num_radial_basis, cutoff, radial_basis, dtype=self.dtype_policy.variable_dtype, name="radial_basis"
-        )
-        self.num_radial_basis = self.radial.num_basis
-        self.cutoff = self.radial.cutoff
-        self.radial_basis = self.radial.basis
         self.skip = (
             SelfInteraction(self.irreps_in, self.irreps_out, dtype=self.dtype_policy, name="self_interaction")
             if self.self_interaction
@@ -170,90 +148,10 @@ class PointConvolution(keras.layers.Layer):
         )
 
     def build(self, features_shape, graph_shape):
-        if features_shape[-1] is not None and features_shape[-1] != self.irreps_in.dim:
-            raise ValueError(
-                f"features must have last dimension irreps_in.dim = {self.irreps_in.dim} "
-                f"({self.irreps_in}). Received shape: {tuple(features_shape)}"
-            )
-        for key in ("positions", "senders", "receivers"):
-            if key not in graph_shape:
-                raise ValueError(f"graph must contain {key!r}. Received keys: {sorted(graph_shape)}")
-        if "edge_radial" in graph_shape and graph_shape["edge_radial"][-1] != self.num_radial_basis:
-            raise ValueError(
-                f"graph['edge_radial'] has {graph_shape['edge_radial'][-1]} radial functions but this "
-                f"layer was built for num_radial_basis={self.num_radial_basis}."
-            )
-        self._edge_attr_dim = int(graph_shape["edge_attr"][-1]) if "edge_attr" in graph_shape else 0
-        fan_in = self.num_radial_basis + self._edge_attr_dim
-        self.radial_kernels = []
-        for k, h in enumerate(self.radial_hidden):
-            self.radial_kernels.append(
-                self.add_weight(
-                    name=f"radial_kernel_{k}",
-                    shape=(fan_in, h),
-                    initializer=keras.initializers.RandomNormal(stddev=1.0),
-                )
-            )
-            fan_in = h
-        self.radial_output = self.add_weight(
-            name="radial_output",
-            shape=(fan_in, self.weight_numel),
-            initializer=keras.initializers.RandomNormal(stddev=1.0),
-        )
-        self.radial.build(None)
+        self._check_inputs(features_shape, graph_shape, self.irreps_in)
+        self._build_filter(graph_shape, self.weight_numel)
         if self.skip is not None:
             self.skip.build(features_shape)
-
-    # -- pieces -------------------------------------------------------------------
-    def _edge_inputs(self, graph):
-        """Harmonics, radial features and mask per edge, reusing EdgeGeometry's when present."""
-        ops = keras.ops
-        geometry_dtype = self.dtype_policy.variable_dtype
-        need = (self.irreps_sh.lmax + 1) ** 2
-        vec = None
-        if graph.get("edge_sh") is not None:
-            sh = graph["edge_sh"]
-            if sh.shape[-1] is not None and sh.shape[-1] < need:
-                raise ValueError(
-                    f"graph['edge_sh'] has {sh.shape[-1]} columns but irreps_sh={self.irreps_sh} needs "
-                    f"harmonics 0..{self.irreps_sh.lmax} ({need} columns). Build EdgeGeometry with "
-                    f"irreps_sh >= {self.irreps_sh.lmax} or drop edge_sh from the graph."
-                )
-        else:
-            vec = edge_vectors(graph, geometry_dtype)
-            sh = spherical_harmonics(
-                list(range(self.irreps_sh.lmax + 1)), vec, normalize=True, normalization="component"
-            )
-        sh = slice_sh(sh, self.irreps_sh)
-        if graph.get("edge_radial") is not None:
-            radial = graph["edge_radial"]
-        else:
-            if vec is None:
-                vec = edge_vectors(graph, geometry_dtype)
-            radial = self.radial(tfe_ops.safe_norm(vec, axis=-1))
-        radial = ops.cast(radial, self.compute_dtype)
-        has_attr = graph.get("edge_attr") is not None
-        if has_attr != bool(self._edge_attr_dim):
-            raise ValueError(
-                f"This layer was built {'with' if self._edge_attr_dim else 'without'} graph['edge_attr'] "
-                f"(width {self._edge_attr_dim}) but is called {'with' if has_attr else 'without'} it: "
-                "edge features feed the radial network's first layer, so every call needs the same keys."
-            )
-        if self._edge_attr_dim:
-            radial = ops.concatenate([radial, ops.cast(graph["edge_attr"], self.compute_dtype)], axis=-1)
-        mask = graph.get("edge_mask")
-        return ops.cast(sh, self.compute_dtype), radial, mask
-
-    def _radial_hidden(self, radial, mask):
-        ops = keras.ops
-        h = radial
-        for kernel in self.radial_kernels:
-            fan_in = kernel.shape[0]
-            h = self.radial_activation(ops.matmul(h, ops.cast(kernel, self.compute_dtype)) / math.sqrt(fan_in))
-            h = h * self._act_scale
-        if mask is not None:
-            h = h * ops.cast(mask, self.compute_dtype)[:, None]
-        return h
 
     def _edge_products(self, x_send, sh):
         """Weightless products ``[E, sum_p u v (2l_o+1)]`` of sender features and harmonics."""
@@ -352,12 +250,7 @@ class PointConvolution(keras.layers.Layer):
             **super().get_config(),
             "irreps_in": str(self.irreps_in),
             "irreps_out": str(self.irreps_out),
-            "irreps_sh": str(self.irreps_sh),
-            "num_radial_basis": self.num_radial_basis,
-            "cutoff": self.cutoff,
-            "radial_basis": self.radial_basis,
-            "radial_hidden": list(self.radial_hidden),
-            "radial_activation": serialize_activation(self.radial_activation),
+            **self._filter_config(),
             "avg_num_neighbors": self.avg_num_neighbors,
             "self_interaction": self.self_interaction,
             "max_neighbors": self.max_neighbors,
