@@ -11,6 +11,7 @@ from tfequivariant.layers.norm_nonlinearity import NormNonlinearity
 from tfequivariant.layers.point_convolution import PointConvolution
 from tfequivariant.layers.radial_basis import RadialBasis
 from tfequivariant.layers.ragged_to_edges import RaggedToEdges
+from tfequivariant.layers.se3_attention import SE3Attention
 from tfequivariant.layers.self_interaction import Linear, SelfInteraction
 from tfequivariant.layers.spherical_harmonics import SphericalHarmonics
 from tfequivariant.layers.tensor_product import FullyConnectedTensorProduct, TensorProduct
@@ -24,6 +25,7 @@ __all__ = [
     "PointConvolution",
     "RadialBasis",
     "RaggedToEdges",
+    "SE3Attention",
     "SelfInteraction",
     "SphericalHarmonics",
     "TensorProduct",

@@ -1,0 +1,241 @@
+"""The SE(3)-Transformer attention layer."""
+
+import math
+
+import keras
+import numpy as np
+
+from tfequivariant import ops as tfe_ops
+from tfequivariant.irreps import Irreps
+from tfequivariant.layers._edge_filter import EdgeFilterLayer, check_positive_int
+from tfequivariant.layers.self_interaction import SelfInteraction, parse_irreps
+from tfequivariant.layers.tensor_product import (
+    fully_connected_instructions,
+    plan_instructions,
+    tensor_product,
+)
+
+__all__ = ["SE3Attention", "segment_softmax"]
+
+
+def segment_softmax(logits, segment_ids, num_segments, mask=None):
+    """Softmax of ``logits [E, H]`` over the edges of each segment (receiver).
+
+    Masked edges (``mask == 0``) get exactly zero weight and do not shift the
+    maximum; a segment with no (unmasked) edge has no weights at all, never
+    NaN. Uses only unsorted segment max/sum (XLA- and TFLite-friendly).
+    """
+    ops = keras.ops
+    if mask is not None:
+        keep = ops.greater(ops.cast(mask, logits.dtype), 0)[:, None]
+        lowest = ops.full_like(logits, float(np.finfo(keras.backend.standardize_dtype(logits.dtype)).min))
+        logits = ops.where(keep, logits, lowest)
+    top = tfe_ops.segment_max(logits, segment_ids, num_segments)
+    top = ops.stop_gradient(ops.take(top, segment_ids, axis=0))
+    e = ops.exp(logits - top)
+    if mask is not None:
+        e = ops.where(keep, e, ops.zeros_like(e))
+    denom = ops.take(tfe_ops.segment_sum(e, segment_ids, num_segments), segment_ids, axis=0)
+    # denom >= 1 for every kept edge (its own term is exp(0) at the maximum)
+    return e / ops.where(ops.greater(denom, 0), denom, ops.ones_like(denom))
+
+
+def _split_heads(block, num_heads):
+    """``[E, mul, d]`` -> ``[E, heads, mul / heads, d]``."""
+    mul, d = block.shape[-2], block.shape[-1]
+    return keras.ops.reshape(block, (-1, num_heads, mul // num_heads, d))
+
+
+@keras.saving.register_keras_serializable(package="tfequivariant")
+class SE3Attention(EdgeFilterLayer):
+    """SE(3)-Transformer attention (Fuchs, Worrall, Fischer, Welling 2020).
+
+    For each receiver ``i`` and edge ``j -> i`` with ``r_ij = x_j - x_i``:
+
+    * query ``q_i = W_Q f_i``, an equivariant linear map to ``irreps_key``;
+    * key and value ``k_ij (+) v_ij = W_KV(r_ij) f_j``, one fused TFN
+      convolution (the Clebsch–Gordan tensor product of ``f_j`` with the edge
+      harmonics, weighted per edge by a radial MLP on the radial basis and
+      ``edge_attr``) to ``irreps_key + irreps_out``, not summed;
+    * per head ``h``, ``alpha_ij = softmax_{j in N(i)}(q_i^h . k_ij^h / sqrt(d_h))``,
+      ``d_h = irreps_key.dim / num_heads`` (the inner products are invariant, so
+      the weights are too);
+    * ``out_i = W_V f_i + sum_j alpha_ij^h v_ij^h``, ``W_V`` a self-interaction.
+
+    Heads split every key and value block's multiplicity evenly. Masked edges
+    are exactly equivalent to removed edges; a node without neighbours gets
+    only its self-interaction term.
+
+    Args:
+        irreps_in: irreps of the node features.
+        irreps_out: irreps of the values and the output (given order kept).
+        irreps_key: irreps of queries and keys; default ``irreps_in`` restricted
+            to the blocks the key convolution can produce.
+        num_heads: attention heads (default 1); must divide every multiplicity of
+            ``irreps_key`` and ``irreps_out``.
+        irreps_sh, num_radial_basis, cutoff, radial_basis, radial_hidden,
+            radial_activation: the filters, as in ``PointConvolution``.
+        self_interaction: add ``W_V f_i`` (default True).
+        **kwargs: base ``Layer`` arguments.
+
+    Call arguments:
+        features: ``[N, irreps_in.dim]``.
+        graph: dict with ``positions``, ``senders``, ``receivers`` and optionally
+            ``edge_mask``, ``edge_shifts``, ``edge_attr``, ``edge_sh``,
+            ``edge_radial`` (see ``PointConvolution``).
+
+    Returns:
+        ``[N, irreps_out.dim]``.
+
+    Example:
+        >>> att = SE3Attention("4x0e+2x1o", "4x0e+2x1o", num_heads=2, num_radial_basis=4,
+        ...                    radial_hidden=(8,))
+        >>> g = {"positions": keras.ops.ones((3, 3)), "senders": keras.ops.array([0, 1], "int32"),
+        ...      "receivers": keras.ops.array([1, 2], "int32")}
+        >>> att(keras.ops.ones((3, 10)), g).shape
+        (3, 10)
+
+    References:
+        Fuchs, Worrall, Fischer, Welling, "SE(3)-Transformers: 3D
+        roto-translation equivariant attention networks", NeurIPS 2020.
+    """
+
+    def __init__(
+        self,
+        irreps_in,
+        irreps_out,
+        irreps_key=None,
+        num_heads=1,
+        irreps_sh=2,
+        num_radial_basis=16,
+        cutoff=5.0,
+        radial_basis="gaussian",
+        radial_hidden=(64,),
+        radial_activation="silu",
+        self_interaction=True,
+        **kwargs,
+    ):
+        super().__init__(
+            irreps_sh=irreps_sh,
+            num_radial_basis=num_radial_basis,
+            cutoff=cutoff,
+            radial_basis=radial_basis,
+            radial_hidden=radial_hidden,
+            radial_activation=radial_activation,
+            **kwargs,
+        )
+        self.irreps_in = parse_irreps(irreps_in, "irreps_in")
+        self.irreps_out = parse_irreps(irreps_out, "irreps_out").remove_zero_multiplicities()
+        self.num_heads = check_positive_int(num_heads, "num_heads")
+        reachable = {ir for _, ir1 in self.irreps_in for _, ir2 in self.irreps_sh for ir in ir1 * ir2}
+        if irreps_key is None:
+            self.irreps_key = Irreps([(mul, ir) for mul, ir in self.irreps_in if mul > 0 and ir in reachable])
+        else:
+            self.irreps_key = parse_irreps(irreps_key, "irreps_key").remove_zero_multiplicities()
+        if self.irreps_key.dim == 0:
+            raise ValueError(
+                f"irreps_key is empty: no block of irreps_in ({self.irreps_in}) can be produced by the key "
+                f"convolution with irreps_sh {self.irreps_sh}. Received: irreps_key={irreps_key!r}"
+            )
+        for name, irreps in (("irreps_key", self.irreps_key), ("irreps_out", self.irreps_out)):
+            bad = [f"{mul}x{ir}" for mul, ir in irreps if mul % self.num_heads]
+            if bad:
+                raise ValueError(
+                    f"num_heads={self.num_heads} must divide every multiplicity of {name}; "
+                    f"{', '.join(bad)} cannot be split evenly. Received: {name}={str(irreps)!r}"
+                )
+        self.irreps_kv = self.irreps_key + self.irreps_out
+        instructions = fully_connected_instructions(self.irreps_in, self.irreps_sh, self.irreps_kv)
+        reached = {ins[2] for ins in instructions}
+        missing = [str(self.irreps_kv[i]) for i in range(len(self.irreps_kv)) if i not in reached]
+        if missing:
+            raise ValueError(
+                f"irreps_key + irreps_out contains {', '.join(missing)}, which no path irreps_in x "
+                f"irreps_sh ({self.irreps_in} x {self.irreps_sh}) can produce. Received: "
+                f"irreps_key={str(self.irreps_key)!r}, irreps_out={str(self.irreps_out)!r}"
+            )
+        self.instructions = plan_instructions(self.irreps_in, self.irreps_sh, self.irreps_kv, instructions)
+        self.weight_numel = sum(int(np.prod(i.path_shape)) for i in self.instructions)
+        self.self_interaction = bool(self_interaction)
+        self.query = SelfInteraction(
+            self.irreps_in, self.irreps_key, use_bias=False, dtype=self.dtype_policy, name="query"
+        )
+        self.skip = (
+            SelfInteraction(self.irreps_in, self.irreps_out, dtype=self.dtype_policy, name="self_interaction")
+            if self.self_interaction
+            else None
+        )
+
+    def build(self, features_shape, graph_shape):
+        self._check_inputs(features_shape, graph_shape, self.irreps_in)
+        self._build_filter(graph_shape, self.weight_numel)
+        self.query.build(features_shape)
+        if self.skip is not None:
+            self.skip.build(features_shape)
+
+    def _keys_values(self, features, graph, sh, h):
+        ops = keras.ops
+        x_send = ops.take(features, graph["senders"], axis=0)
+        w = ops.matmul(h, ops.cast(self.radial_output, self.compute_dtype)) / math.sqrt(h.shape[-1])
+        weights, offset = [], 0
+        for ins in self.instructions:
+            size = int(np.prod(ins.path_shape))
+            weights.append(ops.reshape(w[:, offset : offset + size], (-1,) + tuple(ins.path_shape)))
+            offset += size
+        kv = tensor_product(
+            self.irreps_in.split(x_send),
+            self.irreps_sh.split(sh),
+            weights,
+            self.instructions,
+            self.irreps_kv,
+            (-1,),
+            self.compute_dtype,
+            shared=False,
+        )
+        return kv[:, : self.irreps_key.dim], kv[:, self.irreps_key.dim :]
+
+    def attention_weights(self, features, graph):
+        """``alpha [E, num_heads]`` and the values ``[E, irreps_out.dim]`` (for inspection)."""
+        ops = keras.ops
+        features = ops.convert_to_tensor(features, dtype=self.compute_dtype)
+        sh, radial, mask = self._edge_inputs(graph)
+        h = self._radial_hidden(radial, mask)
+        keys, values = self._keys_values(features, graph, sh, h)
+        q = ops.take(self.query(features), graph["receivers"], axis=0)
+        products = self.irreps_key.split(q * keys)
+        logits = None
+        for block in products:
+            term = ops.sum(_split_heads(block, self.num_heads), axis=(2, 3))
+            logits = term if logits is None else logits + term
+        logits = logits / math.sqrt(self.irreps_key.dim / self.num_heads)
+        n = tfe_ops.num_nodes(graph["positions"])
+        alpha = segment_softmax(logits, graph["receivers"], n, mask)
+        return alpha, values
+
+    def call(self, features, graph):
+        ops = keras.ops
+        features = ops.convert_to_tensor(features, dtype=self.compute_dtype)
+        alpha, values = self.attention_weights(features, graph)
+        weighted = []
+        for (mul, ir), block in zip(self.irreps_out, self.irreps_out.split(values)):
+            heads = _split_heads(block, self.num_heads) * alpha[:, :, None, None]
+            weighted.append(ops.reshape(heads, (-1, mul * ir.dim)))
+        weighted = ops.concatenate(weighted, axis=-1) if len(weighted) > 1 else weighted[0]
+        out = tfe_ops.segment_sum(weighted, graph["receivers"], tfe_ops.num_nodes(graph["positions"]))
+        if self.skip is not None:
+            out = out + self.skip(features)
+        return out
+
+    def compute_output_shape(self, features_shape, graph_shape):
+        return tuple(features_shape[:-1]) + (self.irreps_out.dim,)
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "irreps_in": str(self.irreps_in),
+            "irreps_out": str(self.irreps_out),
+            "irreps_key": str(self.irreps_key),
+            "num_heads": self.num_heads,
+            **self._filter_config(),
+            "self_interaction": self.self_interaction,
+        }
