@@ -25,18 +25,22 @@ EXPECTED_TOP_LEVEL = {
 EXPECTED_SUBPACKAGES = {"so3", "layers", "graph", "models", "export", "datasets", "testing"}
 
 #: Subpackages that must already import; add the others as they land.
-REACHABLE_SUBPACKAGES = {"so3", "layers", "testing"}
+REACHABLE_SUBPACKAGES = {"so3", "layers", "testing", "graph", "models"}
 
 #: ``tfequivariant.layers.__all__``.
 EXPECTED_LAYERS = {
+    "AttentiveSelfInteraction",
     "EdgeGeometry",
     "FullyConnectedTensorProduct",
     "Gate",
+    "GraphPooling",
     "Linear",
     "NormNonlinearity",
     "PointConvolution",
     "RadialBasis",
     "RaggedToEdges",
+    "SE3Attention",
+    "SE3NormNonlinearity",
     "SelfInteraction",
     "SphericalHarmonics",
     "TensorProduct",
@@ -93,3 +97,21 @@ def test_layers_are_registered_keras_layers(name):
     assert keras.saving.get_registered_name(cls) == f"tfequivariant>{cls.__name__}"
     assert keras.saving.get_registered_object(f"tfequivariant>{cls.__name__}") is cls
     assert cls.__doc__ and "Args:" in cls.__doc__
+
+
+#: ``tfequivariant.models.__all__``.
+EXPECTED_MODELS = {
+    "SE3Transformer",
+    "TensorFieldNetwork",
+    "build_se3_transformer",
+    "build_tensor_field_network",
+    "gate_for",
+    "graph_inputs",
+    "hidden_irreps",
+}
+
+
+def test_models_all():
+    from tfequivariant import models
+
+    assert set(models.__all__) == EXPECTED_MODELS

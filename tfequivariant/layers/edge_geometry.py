@@ -87,7 +87,7 @@ class EdgeGeometry(keras.layers.Layer):
     Example:
         >>> g = {"positions": keras.ops.ones((3, 3)), "senders": keras.ops.array([0, 1], "int32"),
         ...      "receivers": keras.ops.array([1, 2], "int32")}
-        >>> EdgeGeometry(2, num_radial_basis=4)(g)["edge_sh"].shape
+        >>> tuple(EdgeGeometry(2, num_radial_basis=4)(g)["edge_sh"].shape)
         (2, 9)
     """
 

@@ -35,7 +35,7 @@ class NormNonlinearity(keras.layers.Layer):
         ``[..., irreps.dim]``.
 
     Example:
-        >>> NormNonlinearity("4x0e+2x1o")(keras.ops.ones((3, 10))).shape
+        >>> tuple(NormNonlinearity("4x0e+2x1o")(keras.ops.ones((3, 10))).shape)
         (3, 10)
 
     References:

@@ -81,7 +81,7 @@ class PointConvolution(EdgeFilterLayer):
         >>> conv = PointConvolution("4x0e+2x1o", "4x0e+2x1o", num_radial_basis=4, radial_hidden=(8,))
         >>> g = {"positions": keras.ops.ones((3, 3)), "senders": keras.ops.array([0, 1], "int32"),
         ...      "receivers": keras.ops.array([1, 2], "int32")}
-        >>> conv(keras.ops.ones((3, 10)), g).shape
+        >>> tuple(conv(keras.ops.ones((3, 10)), g).shape)
         (3, 10)
 
     References:

@@ -49,7 +49,7 @@ class RadialBasis(keras.layers.Layer):
         ``[..., num_basis]``.
 
     Example:
-        >>> RadialBasis(8, cutoff=3.0)(keras.ops.ones((5,))).shape
+        >>> tuple(RadialBasis(8, cutoff=3.0)(keras.ops.ones((5,))).shape)
         (5, 8)
 
     References:

@@ -92,7 +92,7 @@ class SE3Attention(EdgeFilterLayer):
         ...                    radial_hidden=(8,))
         >>> g = {"positions": keras.ops.ones((3, 3)), "senders": keras.ops.array([0, 1], "int32"),
         ...      "receivers": keras.ops.array([1, 2], "int32")}
-        >>> att(keras.ops.ones((3, 10)), g).shape
+        >>> tuple(att(keras.ops.ones((3, 10)), g).shape)
         (3, 10)
 
     References:

@@ -49,7 +49,7 @@ class SelfInteraction(keras.layers.Layer):
 
     Example:
         >>> layer = SelfInteraction("4x0e+2x1o", "3x0e+1x1o")
-        >>> layer(keras.ops.ones((5, 10))).shape
+        >>> tuple(layer(keras.ops.ones((5, 10))).shape)
         (5, 6)
 
     References:

@@ -29,7 +29,7 @@ class SphericalHarmonics(keras.layers.Layer):
 
     Example:
         >>> layer = SphericalHarmonics(2, normalization="component")
-        >>> layer(keras.ops.ones((4, 3))).shape
+        >>> tuple(layer(keras.ops.ones((4, 3))).shape)
         (4, 9)
     """
 

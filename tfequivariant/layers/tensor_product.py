@@ -205,7 +205,7 @@ class TensorProduct(keras.layers.Layer):
 
     Example:
         >>> tp = TensorProduct("1x1o", "1x1o", "1x0e", [(0, 0, 0, "uvw", False)])
-        >>> tp(keras.ops.ones((2, 3)), keras.ops.ones((2, 3))).shape
+        >>> tuple(tp(keras.ops.ones((2, 3)), keras.ops.ones((2, 3))).shape)
         (2, 1)
 
     References:
