@@ -9,6 +9,8 @@ MODULES = [
     "tfequivariant.irreps",
     "tfequivariant.spherical_harmonics",
     "tfequivariant.graph",
+    "tfequivariant.datasets.nbody",
+    "tfequivariant.datasets.tetris",
     "tfequivariant.layers.attentive_self_interaction",
     "tfequivariant.layers.edge_geometry",
     "tfequivariant.layers.gate",
