@@ -42,15 +42,17 @@ def num_nodes(positions):
     return keras.ops.shape(positions)[0]
 
 
-def receiver_slots(receivers, num_nodes, max_neighbors=None):
+def receiver_slots(receivers, num_nodes, max_neighbors=None, edge_mask=None):
     """Padded neighbour layout: ``slots[i, k]`` is the k-th edge received by node i.
 
-    Edges are listed per receiver (in sorted order of edge id); empty slots hold
-    ``E`` (one past the last edge), so gathering from the edge rows with one
-    zero row appended gives zeros there. ``K = max_neighbors`` if given (static,
-    what XLA needs; every node must then receive at most K edges: validate it at
-    the boundary, since XLA drops out-of-range scatters silently), else the
-    largest in-degree (at least 1), computed at run time.
+    Edges are listed per receiver; empty slots hold ``E`` (one past the last
+    edge), so gathering from the edge rows with one zero row appended gives
+    zeros there. Edges with ``edge_mask == 0`` take no slot (padding edges,
+    which are self-loops on one padding node, would otherwise pile up on it).
+    ``K = max_neighbors`` if given (static, what XLA needs; every node must then
+    receive at most K unmasked edges: validate it at the boundary, since XLA
+    drops out-of-range scatters silently while eager/``tf.function`` raise), else
+    the largest in-degree (at least 1), computed at run time.
 
     Returns:
         ``[num_nodes, K]`` int32.
@@ -58,15 +60,23 @@ def receiver_slots(receivers, num_nodes, max_neighbors=None):
     ops = keras.ops
     receivers = ops.cast(receivers, "int32")
     num_edges = ops.shape(receivers)[0]
+    rows = num_nodes
+    if edge_mask is not None:
+        # masked edges go to one extra row, dropped at the end
+        keep = ops.greater(edge_mask, 0)
+        receivers = ops.where(keep, receivers, ops.full_like(receivers, num_nodes))
+        rows = num_nodes + 1
     order = ops.cast(ops.argsort(receivers), "int32")
     sorted_receivers = ops.take(receivers, order, axis=0)
-    counts = segment_sum(ops.ones_like(receivers), receivers, num_nodes)
+    counts = segment_sum(ops.ones_like(receivers), receivers, rows)
     starts = ops.cumsum(counts) - counts
     rank = ops.arange(num_edges, dtype="int32") - ops.take(starts, sorted_receivers, axis=0)
+    if edge_mask is not None:
+        rank = ops.where(ops.equal(sorted_receivers, num_nodes), ops.zeros_like(rank), rank)
     if max_neighbors is None:
-        k = ops.maximum(ops.max(ops.concatenate([counts, ops.ones((1,), "int32")])), 1)
+        k = ops.maximum(ops.max(ops.concatenate([counts[:num_nodes], ops.ones((1,), "int32")])), 1)
     else:
         k = int(max_neighbors)
     indices = ops.stack([sorted_receivers, rank], axis=-1)
-    slots = ops.scatter(indices, order - num_edges, (num_nodes, k))
-    return slots + num_edges
+    slots = ops.scatter(indices, order - num_edges, (rows, k))
+    return slots[:num_nodes] + num_edges

@@ -176,7 +176,7 @@ class PointConvolution(EdgeFilterLayer):
         n = tfe_ops.num_nodes(graph["positions"])
         x_send = ops.take(features, graph["senders"], axis=0)
         t = self._edge_products(x_send, sh)  # [E, Q]
-        slots = tfe_ops.receiver_slots(graph["receivers"], n, self.max_neighbors)  # [N, K]
+        slots = tfe_ops.receiver_slots(graph["receivers"], n, self.max_neighbors, graph.get("edge_mask"))  # [N, K]
         zeros_t = ops.zeros((1, t.shape[-1]), dtype=t.dtype)
         zeros_h = ops.zeros((1, h.shape[-1]), dtype=h.dtype)
         t_pad = ops.take(ops.concatenate([t, zeros_t], axis=0), slots, axis=0)  # [N, K, Q]
