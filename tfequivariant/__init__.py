@@ -19,6 +19,10 @@ from tfequivariant.so3 import (
 )
 from tfequivariant.spherical_harmonics import spherical_harmonics
 
+# Layers and models register their classes with Keras on import, so a saved
+# .keras model loads after a plain `import tfequivariant`.
+from tfequivariant import layers, models  # noqa: E402,F401  (after the core they use)
+
 __version__ = "0.1.0.dev0"
 
 _SUBMODULES = ("so3", "layers", "graph", "models", "export", "datasets", "testing")

@@ -283,6 +283,22 @@ class TFLiteRunner:
         self.interpreter = Interpreter(model_path=self.path, num_threads=num_threads)
         self.signature = self.interpreter.get_signature_list()
 
+    @staticmethod
+    def _check_indices(graph):
+        n = len(np.asarray(graph["positions"])) if "positions" in graph else None
+        if n is None:
+            return
+        if "senders" in graph and "receivers" in graph:
+            if np.shape(graph["senders"]) != np.shape(graph["receivers"]):
+                raise ValueError(
+                    f"senders and receivers must have equal lengths. Received: {np.shape(graph['senders'])} "
+                    f"and {np.shape(graph['receivers'])}"
+                )
+        for key in ("senders", "receivers"):
+            _check_index(graph, key, n, "number of nodes")
+        if "graph_sizes" in graph:
+            _check_index(graph, "node_graph_index", len(np.asarray(graph["graph_sizes"])), "number of graphs")
+
     def __call__(self, graph):
         interp = self.interpreter
         details = {d["name"]: d for d in interp.get_input_details()}
@@ -291,6 +307,7 @@ class TFLiteRunner:
             base = name.split(":")[0]
             return base[len("serving_default_") :] if base.startswith("serving_default_") else base
 
+        self._check_indices(graph)
         for name, d in details.items():
             key = key_of(name)
             if key not in graph:
@@ -311,6 +328,18 @@ class TFLiteRunner:
         if len(outs) == 1:
             return interp.get_tensor(outs[0]["index"])
         return {o["name"]: interp.get_tensor(o["index"]) for o in outs}
+
+
+def _check_index(graph, key, upper, upper_name):
+    if key not in graph:
+        return
+    idx = np.asarray(graph[key])
+    bad = (idx < 0) | (idx >= upper)
+    if bad.any():
+        raise ValueError(
+            f"{key} contains {int(idx[bad][0])} out of range [0, {upper}) ({upper_name}); TFLite has no "
+            "assert op, so indices are checked here before the interpreter runs."
+        )
 
 
 def predict_request(graph, model_name, signature_name="serving_default", input_keys=None):

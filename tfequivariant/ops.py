@@ -7,7 +7,7 @@ section 3): gathers, unsorted segment reductions with an explicit
 
 import keras
 
-__all__ = ["safe_sqrt", "safe_norm", "segment_sum", "segment_max", "num_nodes"]
+__all__ = ["safe_sqrt", "safe_norm", "segment_sum", "segment_max", "num_nodes", "gather", "receiver_slots"]
 
 
 def safe_sqrt(x):
@@ -25,6 +25,20 @@ def safe_sqrt(x):
 def safe_norm(x, axis=-1, keepdims=False):
     """Euclidean norm along ``axis``, 0 with finite (zero) gradient for zero vectors."""
     return safe_sqrt(keras.ops.sum(x * x, axis=axis, keepdims=keepdims))
+
+
+def gather(x, indices):
+    """Rows ``x[indices]`` without wrapping negative indices.
+
+    ``keras.ops.take`` maps ``-1`` to the last row, which would turn a bad
+    sender index into silently wrong numbers wherever TensorFlow's own bounds
+    checks survive (CPU, SavedModel, TFLite). This gather keeps them, so a
+    negative or too large node index raises there. (Under XLA indices are
+    clamped whatever the op: validate at the boundary.)
+    """
+    import tensorflow as tf
+
+    return tf.gather(x, indices, axis=0)
 
 
 def segment_sum(data, segment_ids, num_segments):

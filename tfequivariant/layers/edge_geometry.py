@@ -49,7 +49,7 @@ def edge_vectors(graph, dtype=None):
         raise ValueError(f"graph['positions'] must have shape [N, 3]. Received shape: {tuple(pos.shape)}")
     if dtype is not None:
         pos = ops.cast(pos, dtype)
-    vec = ops.take(pos, graph["senders"], axis=0) - ops.take(pos, graph["receivers"], axis=0)
+    vec = tfe_ops.gather(pos, graph["senders"]) - tfe_ops.gather(pos, graph["receivers"])
     if graph.get("edge_shifts") is not None:
         vec = vec + ops.cast(graph["edge_shifts"], vec.dtype)
     return vec

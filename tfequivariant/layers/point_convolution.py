@@ -174,13 +174,13 @@ class PointConvolution(EdgeFilterLayer):
     def _per_node(self, features, graph, sh, h):
         ops = keras.ops
         n = tfe_ops.num_nodes(graph["positions"])
-        x_send = ops.take(features, graph["senders"], axis=0)
+        x_send = tfe_ops.gather(features, graph["senders"])
         t = self._edge_products(x_send, sh)  # [E, Q]
         slots = tfe_ops.receiver_slots(graph["receivers"], n, self.max_neighbors, graph.get("edge_mask"))  # [N, K]
         zeros_t = ops.zeros((1, t.shape[-1]), dtype=t.dtype)
         zeros_h = ops.zeros((1, h.shape[-1]), dtype=h.dtype)
-        t_pad = ops.take(ops.concatenate([t, zeros_t], axis=0), slots, axis=0)  # [N, K, Q]
-        h_pad = ops.take(ops.concatenate([h, zeros_h], axis=0), slots, axis=0)  # [N, K, H]
+        t_pad = tfe_ops.gather(ops.concatenate([t, zeros_t], axis=0), slots)  # [N, K, Q]
+        h_pad = tfe_ops.gather(ops.concatenate([h, zeros_h], axis=0), slots)  # [N, K, H]
         s = ops.einsum("nkh,nkq->nhq", h_pad, t_pad)  # [N, H, Q]
         hidden = h.shape[-1]
         w_all = ops.cast(self.radial_output, self.compute_dtype) / math.sqrt(hidden)
@@ -209,7 +209,7 @@ class PointConvolution(EdgeFilterLayer):
     def _per_edge(self, features, graph, sh, h):
         ops = keras.ops
         n = tfe_ops.num_nodes(graph["positions"])
-        x_send = ops.take(features, graph["senders"], axis=0)
+        x_send = tfe_ops.gather(features, graph["senders"])
         w = ops.matmul(h, ops.cast(self.radial_output, self.compute_dtype)) / math.sqrt(h.shape[-1])
         weights, offset = [], 0
         for ins in self.instructions:

@@ -31,11 +31,11 @@ def segment_softmax(logits, segment_ids, num_segments, mask=None):
         lowest = ops.full_like(logits, float(np.finfo(keras.backend.standardize_dtype(logits.dtype)).min))
         logits = ops.where(keep, logits, lowest)
     top = tfe_ops.segment_max(logits, segment_ids, num_segments)
-    top = ops.stop_gradient(ops.take(top, segment_ids, axis=0))
+    top = ops.stop_gradient(tfe_ops.gather(top, segment_ids))
     e = ops.exp(logits - top)
     if mask is not None:
         e = ops.where(keep, e, ops.zeros_like(e))
-    denom = ops.take(tfe_ops.segment_sum(e, segment_ids, num_segments), segment_ids, axis=0)
+    denom = tfe_ops.gather(tfe_ops.segment_sum(e, segment_ids, num_segments), segment_ids)
     # denom >= 1 for every kept edge (its own term is exp(0) at the maximum)
     return e / ops.where(ops.greater(denom, 0), denom, ops.ones_like(denom))
 
@@ -175,7 +175,7 @@ class SE3Attention(EdgeFilterLayer):
 
     def _keys_values(self, features, graph, sh, h):
         ops = keras.ops
-        x_send = ops.take(features, graph["senders"], axis=0)
+        x_send = tfe_ops.gather(features, graph["senders"])
         w = ops.matmul(h, ops.cast(self.radial_output, self.compute_dtype)) / math.sqrt(h.shape[-1])
         weights, offset = [], 0
         for ins in self.instructions:
@@ -201,7 +201,7 @@ class SE3Attention(EdgeFilterLayer):
         sh, radial, mask = self._edge_inputs(graph)
         h = self._radial_hidden(radial, mask)
         keys, values = self._keys_values(features, graph, sh, h)
-        q = ops.take(self.query(features), graph["receivers"], axis=0)
+        q = tfe_ops.gather(self.query(features), graph["receivers"])
         products = self.irreps_key.split(q * keys)
         logits = None
         for block in products:
