@@ -6,7 +6,17 @@ import numpy as np
 from tfequivariant.irreps import Irreps
 from tfequivariant.layers.self_interaction import parse_irreps
 
-__all__ = ["hidden_irreps", "gate_for", "graph_inputs", "BaseGraphModel", "build_functional"]
+__all__ = ["hidden_irreps", "gate_for", "graph_inputs", "BaseGraphModel", "build_functional", "reachable_irreps"]
+
+
+def reachable_irreps(irreps_hidden, irreps_in, irreps_sh):
+    """The blocks of ``irreps_hidden`` one convolution of ``irreps_in`` with ``irreps_sh`` can produce.
+
+    A hidden irrep that needs several layers to appear (e.g. ``1e`` from scalar
+    inputs) is left out of the early layers, as e3nn's examples do.
+    """
+    reachable = {ir for _, ir1 in Irreps(irreps_in) for _, ir2 in Irreps(irreps_sh) for ir in ir1 * ir2}
+    return Irreps([(mul, ir) for mul, ir in Irreps(irreps_hidden) if ir in reachable and mul > 0])
 
 _READOUTS = ("node", "graph")
 
@@ -100,11 +110,20 @@ class BaseGraphModel(keras.Model):
             return
         if not isinstance(input_shape, dict):
             raise ValueError(f"Graph models take a dict of inputs. Received input shape: {input_shape!r}")
+        # Unknown edge counts become 0 edges, so no node exceeds a static max_neighbors.
         dummy = {}
         for key, shape in input_shape.items():
-            concrete = tuple(2 if d is None else int(d) for d in shape)
+            size = 0 if key in ("senders", "receivers") or key.startswith("edge_") else 2
+            concrete = tuple(size if d is None else int(d) for d in shape[:1]) + tuple(
+                1 if d is None else int(d) for d in shape[1:]
+            )
             dtype = "int32" if key in self._INDEX_KEYS else self.compute_dtype
             dummy[key] = keras.ops.zeros(concrete, dtype=dtype)
+        num_nodes = dummy["positions"].shape[0] if "positions" in dummy else 2
+        for key in ("senders", "receivers"):
+            if key in dummy and dummy[key].shape[0]:
+                # spread a static number of edges over the nodes
+                dummy[key] = keras.ops.cast(keras.ops.arange(dummy[key].shape[0]) % num_nodes, "int32")
         self.call(dummy)
         self.built = True
 

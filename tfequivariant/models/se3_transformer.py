@@ -9,7 +9,7 @@ from tfequivariant.layers.point_convolution import PointConvolution
 from tfequivariant.layers.se3_attention import SE3Attention
 from tfequivariant.layers.se3_norm_nonlinearity import SE3NormNonlinearity
 from tfequivariant.layers.self_interaction import parse_irreps
-from tfequivariant.models._common import BaseGraphModel, build_functional, hidden_irreps
+from tfequivariant.models._common import BaseGraphModel, build_functional, hidden_irreps, reachable_irreps
 
 __all__ = ["SE3Transformer", "build_se3_transformer"]
 
@@ -117,19 +117,20 @@ class SE3Transformer(BaseGraphModel):
         self.attentions, self.norms = [], []
         irreps = self.irreps_node_in
         for k in range(num_layers):
+            hidden = reachable_irreps(self.irreps_hidden, irreps, self.irreps_sh)
             self.attentions.append(
                 SE3Attention(
                     irreps,
-                    self.irreps_hidden,
-                    irreps_key=_key_irreps(irreps, self.irreps_hidden),
+                    hidden,
+                    irreps_key=_key_irreps(irreps, hidden),
                     num_heads=num_heads,
                     dtype=self.dtype_policy,
                     name=f"attention_{k}",
                     **filters,
                 )
             )
-            self.norms.append(SE3NormNonlinearity(self.irreps_hidden, dtype=self.dtype_policy, name=f"norm_{k}"))
-            irreps = self.irreps_hidden
+            self.norms.append(SE3NormNonlinearity(hidden, dtype=self.dtype_policy, name=f"norm_{k}"))
+            irreps = hidden
         self.output_convolution = PointConvolution(
             irreps,
             self.irreps_out,

@@ -7,7 +7,13 @@ from tfequivariant.layers.gate import Gate
 from tfequivariant.layers.graph_pooling import GraphPooling
 from tfequivariant.layers.point_convolution import PointConvolution
 from tfequivariant.layers.self_interaction import parse_irreps
-from tfequivariant.models._common import BaseGraphModel, build_functional, gate_for, hidden_irreps
+from tfequivariant.models._common import (
+    BaseGraphModel,
+    build_functional,
+    gate_for,
+    hidden_irreps,
+    reachable_irreps,
+)
 
 __all__ = ["TensorFieldNetwork", "build_tensor_field_network"]
 
@@ -17,7 +23,8 @@ class TensorFieldNetwork(BaseGraphModel):
     """Tensor Field Network (Thomas, Smidt et al. 2018): point convolutions and gates.
 
     ``num_layers - 1`` blocks of ``PointConvolution -> Gate`` to ``irreps_hidden``
-    (with residual connections where the irreps match), then a last
+    (each block keeps the hidden irreps its input can reach in one convolution;
+    residual connections where the irreps match), then a last
     ``PointConvolution`` to ``irreps_out``; per node, or pooled per graph.
     Edge geometry is computed once and shared by every layer.
 
@@ -108,7 +115,8 @@ class TensorFieldNetwork(BaseGraphModel):
         self.convolutions, self.gates = [], []
         irreps = self.irreps_node_in
         for k in range(num_layers - 1):
-            gate = Gate(**gate_for(self.irreps_hidden), dtype=self.dtype_policy, name=f"gate_{k}")
+            hidden = reachable_irreps(self.irreps_hidden, irreps, self.irreps_sh)
+            gate = Gate(**gate_for(hidden), dtype=self.dtype_policy, name=f"gate_{k}")
             self.convolutions.append(
                 PointConvolution(irreps, gate.irreps_in, dtype=self.dtype_policy, name=f"conv_{k}", **filters)
             )
