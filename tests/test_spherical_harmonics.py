@@ -324,21 +324,60 @@ def test_bad_l_raises(l, fragment):
 
 
 # --- graph modes ----------------------------------------------------------------
+def _reference_real_sh(ls, x, normalize, normalization):
+    """scipy reference for any rows, zero vectors included (Y^0 and zeros)."""
+    r = np.linalg.norm(x, axis=-1, keepdims=True)
+    unit = np.where(r > 0, x / np.where(r > 0, r, 1), [0.0, 0.0, 1.0])
+    blocks = []
+    for l in ls:
+        y = reference_sh(l, unit, normalization)
+        if l > 0:
+            y = np.where(r > 0, y * (1.0 if normalize else r**l), 0.0)
+        blocks.append(y)
+    return np.concatenate(blocks, -1)
+
+
+# Under XLA, outputs of at most 16 columns are assembled from one-hot rows and
+# wider ones are stacked; both layouts, both code paths (l <= 2 hand-written,
+# recursion above), repeated and unsorted degrees and constant columns.
+_LAYOUT_CASES = [[0, 2, 5], [0, 1, 2], [0, 1, 2, 3], [3], [2, 0, 2], [0], [1], [0, 0], list(range(7))]
+
+
+@pytest.mark.parametrize("ls", _LAYOUT_CASES, ids=str)
 @pytest.mark.parametrize("jit_compile", [False, True])
 @pytest.mark.parametrize("dtype,atol", [(tf.float32, 1e-5), (tf.float64, 1e-12)])
-def test_tf_function_and_xla_equal_eager(jit_compile, dtype, atol):
-    ls = [0, 2, 5]  # both code paths
+def test_tf_function_and_xla_equal_eager(ls, jit_compile, dtype, atol):
     x = tf.constant(random_vectors(20, seed=10), dtype=dtype)
     x = tf.concat([x, tf.zeros((1, 3), dtype)], 0)  # the zero-vector branch too
-    fn = tf.function(
-        lambda v: spherical_harmonics(ls, v, normalization="component"),
-        jit_compile=jit_compile,
-        input_signature=[tf.TensorSpec([None, 3], dtype)],
-    )
-    got = fn(x)
-    assert got.dtype == dtype
-    eager = spherical_harmonics(ls, x, normalization="component")
-    np.testing.assert_allclose(got.numpy(), eager.numpy(), atol=atol)
+    for normalize, normalization in [(True, "component"), (True, "integral"), (False, "norm")]:
+        fn = tf.function(
+            lambda v: spherical_harmonics(ls, v, normalize=normalize, normalization=normalization),
+            jit_compile=jit_compile,
+            input_signature=[tf.TensorSpec([None, 3], dtype)],
+        )
+        got = fn(x)
+        assert got.dtype == dtype
+        want = _reference_real_sh(ls, x.numpy().astype(np.float64), normalize, normalization)
+        np.testing.assert_allclose(got.numpy(), want, atol=atol * max(1.0, np.abs(want).max()))
+
+
+def test_xla_layout_is_used_and_keeps_batch_dimensions():
+    import importlib
+
+    sh = importlib.import_module("tfequivariant.spherical_harmonics")
+    seen = []
+
+    def fn(v):
+        seen.append(sh._in_xla_context())
+        return spherical_harmonics([0, 1, 2], v, normalization="component")
+
+    x = tf.constant(random_vectors(12, seed=3)[:12].reshape(2, 6, 3), tf.float32)
+    got = tf.function(fn, jit_compile=True)(x)
+    tf.function(fn)(x)
+    assert seen == [True, False]
+    assert got.shape == (2, 6, 9)
+    np.testing.assert_allclose(got.numpy(), spherical_harmonics([0, 1, 2], x, normalization="component").numpy(),
+                               atol=1e-5)
 
 
 # --- equivariance: Y(R x) = D(R) Y(x) ------------------------------------------

@@ -93,61 +93,94 @@ def _legendre_coefficients(lmax):
     return diag, c1, a, b
 
 
-def _harmonics_low(x, y, z, lmax):
-    """Component-normalized e3nn harmonics for l <= 2, as lists of components."""
-    ops = keras.ops
-    out = [[ops.ones_like(x)]]
+# Components are built symbolically: a Python float stands for a constant
+# (e.g. the m = m starting values of the recursion), so that no pass over the
+# data multiplies by ones or adds zeros, and the normalization constants fold
+# into the coefficients.
+def _mul(a, b):
+    if isinstance(a, float) and isinstance(b, float):
+        return a * b
+    if isinstance(a, float):
+        a, b = b, a
+    if isinstance(b, float):
+        return a if b == 1.0 else (0.0 if b == 0.0 else a * b)
+    return a * b
+
+
+def _add(a, b):
+    if isinstance(a, float) and isinstance(b, float):
+        return a + b
+    if isinstance(a, float) and a == 0.0:
+        return b
+    if isinstance(b, float) and b == 0.0:
+        return a
+    return a + b
+
+
+def _sub(a, b):
+    if isinstance(a, float) and isinstance(b, float):
+        return a - b
+    if isinstance(b, float) and b == 0.0:
+        return a
+    return a - b
+
+
+def _harmonics_low(x, y, z, lmax, scales):
+    """e3nn harmonics for l <= 2 times ``scales[l]``, as lists of components.
+
+    The polynomials are the component-normalized ones; ``scales[l]`` converts
+    to the requested normalization.
+    """
+    out = [[scales[0]]]
     if lmax >= 1:
-        s3 = math.sqrt(3.0)
-        out.append([s3 * x, s3 * y, s3 * z])
+        c = math.sqrt(3.0) * scales[1]
+        out.append([c * x, c * y, c * z])
     if lmax >= 2:
-        s15, s5 = math.sqrt(15.0), math.sqrt(5.0)
-        x2, y2, z2 = x * x, y * y, z * z
+        c15, c5 = math.sqrt(15.0) * scales[2], math.sqrt(5.0) * scales[2]
+        x2, z2 = x * x, z * z
         out.append(
             [
-                s15 * x * z,
-                s15 * x * y,
-                s5 * (y2 - 0.5 * (x2 + z2)),
-                s15 * y * z,
-                (0.5 * s15) * (z2 - x2),
+                (c15 * x) * z,
+                (c15 * x) * y,
+                c5 * (y * y) - (0.5 * c5) * (x2 + z2),
+                (c15 * y) * z,
+                (0.5 * c15) * (z2 - x2),
             ]
         )
     return out
 
 
-def _harmonics_recursive(x, y, z, r2, lmax):
-    """Integral-normalized e3nn harmonics for 0..lmax by recursion, as component lists.
+def _harmonics_recursive(x, y, z, r2, lmax, scales):
+    """e3nn harmonics for 0..lmax by recursion, times ``scales[l]``, as component lists.
 
+    The recursion yields integral-normalized harmonics; ``scales[l]`` converts.
     ``r2`` is ``x^2 + y^2 + z^2`` (1 for unit vectors, 0 for a zero vector), so the
     result is the homogeneous harmonic polynomial of degree l.
     """
-    ops = keras.ops
     # e3nn's point (x, y, z) is the textbook point (X, Y, Z) = (z, x, y).
     X, Y, Z = z, x, y
     diag, c1, a, b = _legendre_coefficients(lmax)
-    A = [ops.ones_like(X)]
-    B = [ops.zeros_like(X)]
+    A, B = [1.0], [0.0]  # Re / Im (X + iY)^m
     for m in range(1, lmax + 1):
-        A.append(X * A[m - 1] - Y * B[m - 1])
-        B.append(X * B[m - 1] + Y * A[m - 1])
+        A.append(_sub(_mul(X, A[m - 1]), _mul(Y, B[m - 1])))
+        B.append(_add(_mul(X, B[m - 1]), _mul(Y, A[m - 1])))
     q = [[None] * (lmax + 1) for _ in range(lmax + 1)]  # q[l][m]
     for m in range(lmax + 1):
-        q[m][m] = diag[m] * ops.ones_like(X)
+        q[m][m] = diag[m]
         if m + 1 <= lmax:
-            q[m + 1][m] = c1[m] * Z * q[m][m]
+            q[m + 1][m] = _mul(c1[m] * diag[m], Z)
         for l in range(m + 2, lmax + 1):
-            q[l][m] = a[l, m] * Z * q[l - 1][m] - b[l, m] * r2 * q[l - 2][m]
+            q[l][m] = _sub(_mul(a[l, m], _mul(Z, q[l - 1][m])), _mul(b[l, m], _mul(r2, q[l - 2][m])))
     s2 = math.sqrt(2.0)
     out = []
     for l in range(lmax + 1):
         comps = []
         for m in range(-l, l + 1):
-            if m < 0:
-                comps.append(s2 * q[l][-m] * B[-m])
-            elif m == 0:
-                comps.append(q[l][0])
+            if m == 0:
+                comps.append(_mul(scales[l], q[l][0]))
             else:
-                comps.append(s2 * q[l][m] * A[m])
+                ab = B[-m] if m < 0 else A[m]
+                comps.append(_mul(_mul(s2 * scales[l], q[l][abs(m)]), ab))
         out.append(comps)
     return out
 
@@ -212,38 +245,92 @@ def spherical_harmonics(l, x, normalize=True, normalization="integral"):
     return keras.ops.convert_to_numpy(y) if was_numpy else y
 
 
+def _in_xla_context():
+    """Whether the op being traced will be compiled by XLA (``jit_compile=True``).
+
+    The output layout that is fastest under XLA (see ``_harmonics_flat``) costs
+    extra kernels in eager and plain graph mode, so the layout depends on it.
+    Private TensorFlow API: on any failure we assume no XLA, which is only slower.
+    """
+    if keras.backend.backend() != "tensorflow":
+        return False
+    try:
+        import tensorflow as tf
+        from tensorflow.python.ops import control_flow_util
+
+        if tf.executing_eagerly():
+            return False
+        return bool(control_flow_util.GraphOrParentsInXlaContext(tf.compat.v1.get_default_graph()))
+    except Exception:  # pragma: no cover - depends on TensorFlow internals
+        return False
+
+
+# Up to this many output columns, XLA writes the output fastest as a sum of
+# component * one-hot row (one fused loop, no concatenate of [N, 1] slices);
+# beyond it the repeated evaluation costs more than the concatenate saves.
+# Measured on a 2-core CPU, 1M vectors: lmax 2 10 vs 16 ms, lmax 3 17 vs 33 ms.
+_ONE_HOT_MAX_COLUMNS = 16
+
+
+# Power-of-two rescaling that brings any finite vector's |x|^2 into the normal
+# range: (threshold, factor) per dtype, exact in binary floating point.
+_RESCALE = {"float32": (2.0**60, 2.0**-100), "float64": (2.0**500, 2.0**-600)}
+
+
+def _unit_vectors(x, y, z):
+    """``(x, y, z) / |(x, y, z)|``, safe for every finite input.
+
+    Vectors whose squared norm would overflow or underflow are first scaled by
+    a power of two (a multiplication, where dividing by the largest component
+    would cost a division per vector, which dominates under XLA); exact zero
+    vectors stay zero with finite gradients; NaN propagates.
+    """
+    ops = keras.ops
+    dtype = keras.backend.standardize_dtype(x.dtype)
+    threshold, factor = _RESCALE[dtype]
+    big = ops.maximum(ops.maximum(ops.abs(x), ops.abs(y)), ops.abs(z))
+    scale = ops.where(big > threshold, factor, ops.where((big < 1 / threshold) & (big > 0), 1 / factor, 1.0))
+    scale = ops.cast(scale, dtype)
+    x, y, z = x * scale, y * scale, z * scale
+    r2 = x * x + y * y + z * z
+    inv = ops.rsqrt(ops.where(r2 == 0, ops.ones_like(r2), r2))  # r2 == 0 only for the zero vector
+    return x * inv, y * inv, z * inv
+
+
 def _harmonics_flat(x, ls, normalize, normalization):
     ops = keras.ops
+    out_dtype = keras.backend.standardize_dtype(x.dtype)
+    if out_dtype not in _RESCALE:  # float16 / bfloat16: evaluate in float32, return the input's dtype
+        return ops.cast(_harmonics_flat(ops.cast(x, "float32"), ls, normalize, normalization), out_dtype)
     lmax = max(ls)
     x_, y_, z_ = x[..., 0], x[..., 1], x[..., 2]
     if normalize:
-        # Scale by the largest component first so |x|^2 neither overflows nor
-        # underflows; exact zero vectors divide by 1 instead of 0, giving Y^0 and
-        # zeros with finite gradients; NaN input still propagates.
-        big = ops.maximum(ops.maximum(ops.abs(x_), ops.abs(y_)), ops.abs(z_))
-        is_zero = ops.equal(big, 0)
-        inv_big = 1 / ops.where(is_zero, ops.ones_like(big), big)
-        x_, y_, z_ = x_ * inv_big, y_ * inv_big, z_ * inv_big
-        inv = ops.rsqrt(ops.where(is_zero, ops.ones_like(big), x_ * x_ + y_ * y_ + z_ * z_))
-        x_, y_, z_ = x_ * inv, y_ * inv, z_ * inv
-        r2 = 1 - ops.cast(is_zero, big.dtype)
-    else:
-        r2 = x_ * x_ + y_ * y_ + z_ * z_
+        x_, y_, z_ = _unit_vectors(x_, y_, z_)
+    r2 = x_ * x_ + y_ * y_ + z_ * z_  # 1 (up to rounding) or 0 when normalized
+    base = "component" if lmax <= 2 else "integral"
+    scales = [_scale(l, base, normalization) for l in range(lmax + 1)]
     if lmax <= 2:
-        blocks = _harmonics_low(x_, y_, z_, lmax)
-        base = "component"
+        blocks = _harmonics_low(x_, y_, z_, lmax, scales)
     else:
-        blocks = _harmonics_recursive(x_, y_, z_, r2, lmax)
-        base = "integral"
-    out = []
-    for l in ls:
-        scale = _scale(l, base, normalization)
-        comps = blocks[l]
-        block = ops.stack(comps, axis=-1)
-        if scale != 1.0:
-            block = block * scale
-        out.append(block)
-    return ops.concatenate(out, axis=-1) if len(out) > 1 else out[0]
+        blocks = _harmonics_recursive(x_, y_, z_, r2, lmax, scales)
+    comps = [c for l in ls for c in blocks[l]]
+    dim = len(comps)
+    dtype = x.dtype
+    if dim <= _ONE_HOT_MAX_COLUMNS and _in_xla_context():
+        eye = np.eye(dim)
+        constant = sum((c * eye[k] for k, c in enumerate(comps) if isinstance(c, float)), np.zeros(dim))
+        terms = [ops.expand_dims(c, -1) * ops.convert_to_tensor(eye[k], dtype)
+                 for k, c in enumerate(comps) if not isinstance(c, float)]
+        if not terms:
+            return ops.expand_dims(ops.ones_like(x_), -1) * ops.convert_to_tensor(constant, dtype)
+        out = terms[0]
+        for t in terms[1:]:
+            out = out + t
+        if np.any(constant):
+            out = out + ops.convert_to_tensor(constant, dtype)
+        return out
+    comps = [ops.full_like(x_, c) if isinstance(c, float) else c for c in comps]
+    return ops.stack(comps, axis=-1)
 
 
 def _scale(l, base, normalization):
