@@ -8,7 +8,7 @@ from tfequivariant.layers.graph_pooling import GraphPooling
 from tfequivariant.layers.point_convolution import PointConvolution
 from tfequivariant.layers.se3_attention import SE3Attention
 from tfequivariant.layers.se3_norm_nonlinearity import SE3NormNonlinearity
-from tfequivariant.layers.self_interaction import parse_irreps
+from tfequivariant.layers.self_interaction import SelfInteraction, parse_irreps
 from tfequivariant.models._common import BaseGraphModel, build_functional, hidden_irreps, reachable_irreps
 
 __all__ = ["SE3Transformer", "build_se3_transformer"]
@@ -28,7 +28,7 @@ class SE3Transformer(BaseGraphModel):
     """SE(3)-Transformer (Fuchs et al. 2020): attention blocks and a last convolution.
 
     ``num_layers`` blocks of ``SE3Attention -> SE3NormNonlinearity`` to
-    ``irreps_hidden`` (residual where the irreps match), then a
+    ``irreps_hidden`` with a residual connection, then a
     ``PointConvolution`` to ``irreps_out`` (the layout of NVIDIA's reference
     implementation); per node, or pooled per graph. Edge geometry is computed
     once; ``edge_attr`` feeds every radial network.
@@ -45,7 +45,11 @@ class SE3Transformer(BaseGraphModel):
         irreps_sh: harmonics of the filters (default: lmax of the hidden irreps).
         num_radial_basis, cutoff, radial_basis, radial_hidden: the filters' radial part.
         avg_num_neighbors: normalization of the last convolution's neighbour sum (default 1.0).
-        residual: add the block input to its output where the irreps match (default True).
+        residual: add the block input to its output (default True): itself where
+            the irreps match, else its image under a linear self-interaction (a
+            projection shortcut). The norm nonlinearity normalizes the norms of
+            each type across channels, so without a shortcut the magnitudes of
+            the input features (e.g. a velocity) cannot reach the output linearly.
         readout: ``"node"`` (default) or ``"graph"``.
         pooling: ``"sum"`` (default), ``"mean"`` or ``"max"`` (scalars only).
         max_neighbors: static neighbour bound of the last convolution (needed under XLA).
@@ -114,7 +118,7 @@ class SE3Transformer(BaseGraphModel):
         self.geometry = EdgeGeometry(
             self.irreps_sh, num_radial_basis, cutoff, radial_basis, dtype=self.dtype_policy, name="geometry"
         )
-        self.attentions, self.norms = [], []
+        self.attentions, self.norms, self.shortcuts = [], [], []
         irreps = self.irreps_node_in
         for k in range(num_layers):
             hidden = reachable_irreps(self.irreps_hidden, irreps, self.irreps_sh)
@@ -130,6 +134,11 @@ class SE3Transformer(BaseGraphModel):
                 )
             )
             self.norms.append(SE3NormNonlinearity(hidden, dtype=self.dtype_policy, name=f"norm_{k}"))
+            self.shortcuts.append(
+                SelfInteraction(irreps, hidden, use_bias=False, dtype=self.dtype_policy, name=f"shortcut_{k}")
+                if self.residual and irreps != hidden
+                else None
+            )
             irreps = hidden
         self.output_convolution = PointConvolution(
             irreps,
@@ -149,9 +158,12 @@ class SE3Transformer(BaseGraphModel):
     def call(self, inputs):
         x, graph = self._graph(inputs)
         graph = self.geometry(graph)
-        for attention, norm in zip(self.attentions, self.norms):
+        for attention, norm, shortcut in zip(self.attentions, self.norms, self.shortcuts):
             y = norm(attention(x, graph))
-            x = x + y if self.residual and attention.irreps_in == attention.irreps_out else y
+            if not self.residual:
+                x = y
+            else:
+                x = y + (x if shortcut is None else shortcut(x))
         out = self.output_convolution(x, graph)
         if self.pool is not None:
             out = self.pool(out, graph)
