@@ -502,3 +502,73 @@ def test_layer_float64():
 def test_layer_bad_arguments_raise(kwargs, match):
     with pytest.raises(ValueError, match=match):
         SphericalHarmonics(**kwargs)
+
+
+# --- the closed-form gradient (custom VJP) ---------------------------------------
+_VJP_CASES = [(1,), (2,), (3,), (0, 1, 2, 3), (6,), (2, 0, 2, 5), tuple(range(9))]
+
+
+@pytest.mark.parametrize("ls", _VJP_CASES, ids=str)
+@pytest.mark.parametrize("normalize", [True, False])
+@pytest.mark.parametrize("normalization", ["integral", "component", "norm"])
+def test_gradient_equals_autodiff_of_the_polynomials(ls, normalize, normalization):
+    import importlib
+
+    sh = importlib.import_module("tfequivariant.spherical_harmonics")
+    x = tf.constant(random_vectors(6, seed=4).reshape(-1, 1, 3) * 1.7)  # extra batch dimension
+    g = tf.constant(np.random.default_rng(5).normal(size=x.shape[:-1] + (sum(2 * l + 1 for l in ls),)))
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch(x)
+        reference = sh._evaluate(x, ls, normalize, normalization)  # differentiated op by op
+        y = spherical_harmonics(ls, x, normalize=normalize, normalization=normalization)
+    want = tape.gradient(reference, x, output_gradients=g)
+    got = tape.gradient(y, x, output_gradients=g)
+    np.testing.assert_allclose(got.numpy(), want.numpy(), atol=1e-12 * max(1.0, np.abs(want.numpy()).max()))
+
+
+@pytest.mark.parametrize("normalize", [True, False])
+def test_second_derivatives_match_finite_differences(normalize):
+    # Forces-style training differentiates the gradient again.
+    ls = list(range(5))
+    x0 = random_vectors(4, seed=12)[-4:]
+    w = np.random.default_rng(12).normal(size=(len(x0), 25))
+    c = np.random.default_rng(13).normal(size=x0.shape)
+
+    def directional(x):  # c . d/dx sum(w * Y(x))
+        xt = tf.constant(x)
+        with tf.GradientTape() as tape:
+            tape.watch(xt)
+            loss = tf.reduce_sum(spherical_harmonics(ls, xt, normalize=normalize) * w)
+        return tf.reduce_sum(tape.gradient(loss, xt) * c)
+
+    xt = tf.constant(x0)
+    with tf.GradientTape() as outer:
+        outer.watch(xt)
+        with tf.GradientTape() as inner:
+            inner.watch(xt)
+            loss = tf.reduce_sum(spherical_harmonics(ls, xt, normalize=normalize) * w)
+        d = tf.reduce_sum(inner.gradient(loss, xt) * c)
+    hvp = outer.gradient(d, xt).numpy()
+    h = 1e-6
+    numerical = np.zeros_like(x0)
+    for n in range(len(x0)):
+        for a in range(3):
+            e = np.zeros_like(x0)
+            e[n, a] = h
+            numerical[n, a] = (directional(x0 + e) - directional(x0 - e)) / (2 * h)
+    np.testing.assert_allclose(hvp, numerical, atol=1e-6 * np.abs(numerical).max())
+
+
+@pytest.mark.parametrize("ls", [[0, 1, 2], [0, 1, 2, 3], list(range(7))], ids=str)
+def test_xla_gradient_equals_eager(ls):
+    x = tf.constant(np.concatenate([random_vectors(30, seed=6), np.zeros((1, 3))]), tf.float32)
+
+    def fb(v):
+        with tf.GradientTape() as tape:
+            tape.watch(v)
+            s = tf.reduce_sum(tf.sin(spherical_harmonics(ls, v, normalization="component")))
+        return tape.gradient(s, v)
+
+    eager = fb(x).numpy()
+    assert np.all(np.isfinite(eager))
+    np.testing.assert_allclose(tf.function(fb, jit_compile=True)(x).numpy(), eager, atol=1e-4)
