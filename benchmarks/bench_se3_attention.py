@@ -543,19 +543,25 @@ def breakdown_worker(cfg):
     h = hidden(radial)
     w = radial_out(h)
     kv = tp(features, sh, w)
+    # The layer's tensor-product stage goes last: in plain tf.function mode its backward
+    # can exceed the memory guard; results are emitted after every measurement, so the
+    # rows measured before a kill survive it.
     stages = [
         ("geometry (edge vectors, SH, radial basis)", geometry, (positions,), []),
         ("radial MLP hidden layer [E,16]x[16,64], SiLU", hidden, (radial,), list(layer.radial_kernels)),
         (f"radial output matmul [E,64]x[64,{layer.weight_numel}]", radial_out, (h,), [layer.radial_output]),
-        (f"per-edge tensor product ({len(sizes)} paths, strided slices as in the layer)", tp, (features, sh, w), []),
         ("queries, logits, segment softmax, weighted sum, segment sum, SI", attend, (features, kv),
          list(layer.query.trainable_weights) + list(layer.skip.trainable_weights)),
         ("[alternative] the tensor product with tf.split instead of slices", tp_split, (features, sh, w), []),
+        (f"per-edge tensor product ({len(sizes)} paths, strided slices as in the layer)", tp, (features, sh, w), []),
     ]
     result = []
     for name, fn, inputs, variables in stages:
-        row = {"stage": name}
+        row = {"stage": name, "fwd": None, "fwdbwd": None}
+        result.append(row)
         for pass_, f in (("fwd", fn), ("fwdbwd", with_vjp(fn, variables, inputs))):
+            row[pass_] = "running"
+            _common.emit_result({"mode": cfg["mode"], "stages": result, "complete": False})
             tfn = tf.function(f, jit_compile=cfg["mode"] == "xla")
 
             def call(tfn=tfn):
@@ -563,9 +569,8 @@ def breakdown_worker(cfg):
                 r[0][:1].numpy()  # CPU tf.function calls return when done; this is a cheap sync
 
             row[pass_] = _common.time_callable(call, warmup=1, repeat=cfg["reps"]).median_ms
-        result.append(row)
         print(row, file=sys.stderr, flush=True)
-    return {"mode": cfg["mode"], "stages": result}
+    return {"mode": cfg["mode"], "stages": result, "complete": True}
 
 
 # -- memory guard: the machine is shared --------------------------------------------
@@ -664,11 +669,11 @@ def _short(err):
 def _run_worker(kind, cfg, timeout):
     before = dict(GUARD.kills) if GUARD else {}
     r = _common.run_isolated(_argv(kind, cfg), env=WORKER_ENV, timeout=timeout)
+    new = [v for k, v in (GUARD.kills if GUARD else {}).items() if k not in before]
     if "error" in r:
-        r["error"] = _short(r["error"])
-        new = [v for k, v in (GUARD.kills if GUARD else {}).items() if k not in before]
-        if new:
-            r["error"] = "killed by the memory guard: " + new[-1]
+        r["error"] = "killed by the memory guard: " + new[-1] if new else _short(r["error"])
+    elif new:  # a partial result emitted before the kill
+        r["killed"] = new[-1]
     return r
 
 
@@ -688,7 +693,8 @@ def _cfg(kind, mode, pass_, base, check, tmpdir):
     cfg = {**base, "mode": mode, "pass": pass_,
            "dump": os.path.join(tmpdir, f"{_label(kind, mode).replace(' ', '_').replace(':', '_')}_{pass_}.npz")}
     if kind == "e3nn":
-        cfg["warmup"] = max(base["warmup"], 3)  # compiled forward and backward settle after 2 calls
+        if mode.startswith("compile"):
+            cfg["warmup"] = max(base["warmup"], 3)  # compiled forward and backward settle after 2 calls
         if check and "error" not in check:
             cfg["weights"] = os.path.join(tmpdir, "weights.npz")
             cfg["act_constant"] = check["act_constant_tfe"]
@@ -863,7 +869,7 @@ def main():
     )
     parser.add_argument("--nodes", type=int, default=1000, help="number of nodes (default 1000)")
     parser.add_argument("--reps", type=int, default=10, help="timed repetitions per configuration (default 10)")
-    parser.add_argument("--warmup", type=int, default=2, help="untimed warm-up calls (default 2; 3 for e3nn)")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed warm-up calls (default 2; at least 3 for torch.compile)")
     parser.add_argument("--budget", type=float, default=150.0,
                         help="seconds of timed calls per pass (interleaved) or per configuration (sequential); "
                              f"beyond it fewer reps (>= {MIN_REPS}, marked *) (default 150)")
@@ -957,15 +963,26 @@ def main():
         if "error" in b:
             bd_tables.append(f"breakdown ({mode}) error: {b['error']}")
             continue
+
+        def ms(v):
+            if v == "running":
+                return "killed (memory)" if b.get("killed") else "not finished"
+            return "-" if v is None else f"{v:.1f}"
+
         main_stages = [s for s in b["stages"] if not s["stage"].startswith("[alternative]")]
-        tot_f = sum(s["fwd"] for s in main_stages)
-        tot_b = sum(s["fwdbwd"] for s in main_stages)
-        rows = [[s["stage"], f"{s['fwd']:.1f}", "" if s not in main_stages else f"{100 * s['fwd'] / tot_f:.0f} %",
-                 f"{s['fwdbwd']:.1f}", "" if s not in main_stages else f"{100 * s['fwdbwd'] / tot_b:.0f} %"]
-                for s in b["stages"]]
-        rows.insert(len(main_stages), ["sum of the stages", f"{tot_f:.1f}", "", f"{tot_b:.1f}", ""])
+        tot = {p: sum(s[p] for s in main_stages if isinstance(s[p], float)) for p in PASSES}
+        complete = {p: all(isinstance(s[p], float) for s in main_stages) and len(main_stages) == 5 for p in PASSES}
+
+        def share(s, p):
+            return f"{100 * s[p] / tot[p]:.0f} %" if complete[p] and s in main_stages else ""
+
+        rows = [[s["stage"], ms(s["fwd"]), share(s, "fwd"), ms(s["fwdbwd"]), share(s, "fwdbwd")] for s in b["stages"]]
+        total = {p: f"{tot[p]:.1f}" + ("" if complete[p] else " (incomplete)") for p in PASSES}
+        rows.append(["sum of the layer's stages", total["fwd"], "", total["fwdbwd"], ""])
+        note = f" The process was killed: {b['killed']}." if b.get("killed") else ""
         bd_tables.append(f"tfequivariant stages, tf.function(jit_compile={b['mode'] == 'xla'}), each its own "
-                         f"function, medians of {max(MIN_REPS, args.reps // 3)} calls, run alone after the table:\n\n"
+                         f"function, medians of {max(MIN_REPS, args.reps // 3)} calls, run alone after the "
+                         f"table.{note}\n\n"
                          + _common.markdown_table(["stage", "fwd ms", "share", "fwd+bwd ms", "share"], rows))
 
     table, detail, best = _tables(results, flops)
@@ -996,7 +1013,7 @@ def main():
                      + ", ".join(f"{k} {v}" for k, v in threads.items()) + "\n")
             fh.write(f"- command: `{cmd}` (schedule {args.schedule}, up to {args.reps} timed reps, time budget "
                      f"{args.budget:.0f} s per {'pass' if args.schedule == 'interleaved' else 'configuration'}, "
-                     f"warm-up {args.warmup} (e3nn {max(args.warmup, 3)}); timing {timing_min:.1f} min, total "
+                     f"warm-up {args.warmup} (torch.compile {max(args.warmup, 3)}); timing {timing_min:.1f} min, total "
                      f"{elapsed / 60:.1f} min)\n")
             fh.write(f"- load average (1, 5, 15 min): {machine['load_average_1_5_15']} at start, {load_before} "
                      f"before timing, {load_after} after\n")
