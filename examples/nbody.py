@@ -47,6 +47,8 @@ def parse_args(argv=None):
     p.add_argument("--max-degree", type=int, default=2)
     p.add_argument("--layers", type=int, default=2, help="attention blocks (SE3) / gated convolutions + 1 (TFN)")
     p.add_argument("--heads", type=int, default=2)
+    p.add_argument("--se3-nonlinearity", choices=["gate", "norm"], default="gate",
+                   help="SE(3)-Transformer nonlinearity: gates (default) or the paper's norm nonlinearity")
     p.add_argument("--cutoff", type=float, default=10.0, help="radial cutoff (graphs are fully connected)")
     p.add_argument("--test-frame", type=int, default=19, help="fixed start frame f0 of the test set")
     p.add_argument("--jit-compile", action=argparse.BooleanOptionalAction, default=True,
@@ -71,7 +73,8 @@ def build_model(name, args):
     )
     if name == "se3":
         return tfe.models.build_se3_transformer(
-            "1x1o", "2x1o", num_layers=args.layers, num_heads=args.heads, avg_num_neighbors=4.0, **common
+            "1x1o", "2x1o", num_layers=args.layers, num_heads=args.heads, avg_num_neighbors=4.0,
+            nonlinearity=args.se3_nonlinearity, **common
         )
     return tfe.models.build_tensor_field_network(
         "1x1o", "2x1o", num_layers=args.layers + 1, avg_num_neighbors=4.0, **common

@@ -17,6 +17,7 @@ from tfequivariant.testing import CARTESIAN_POINTS, assert_equivariant
 MODELS = {
     "tfn": (TensorFieldNetwork, build_tensor_field_network, {}),
     "se3": (SE3Transformer, build_se3_transformer, {"num_heads": 2}),
+    "se3_gate": (SE3Transformer, build_se3_transformer, {"num_heads": 2, "nonlinearity": "gate"}),
 }
 SMALL = dict(channels=4, max_degree=2, num_layers=2, radial_hidden=(8,), num_radial_basis=6, cutoff=4.0)
 
@@ -149,3 +150,24 @@ def test_bad_inputs_raise():
         _model("tfn", readout="edges")
     with pytest.raises(ValueError, match="num_heads"):
         SE3Transformer("1x1o", "1x1o", channels=3, num_heads=2)
+
+
+def test_se3_projection_shortcut_where_irreps_change():
+    g = _graph()
+    model = _model("se3")
+    model(g)
+    # 1x1o -> hidden: a linear projection; hidden -> hidden: the identity.
+    assert model.shortcuts[0] is not None and model.shortcuts[0].irreps_in == model.irreps_node_in
+    assert all(s is None for s in model.shortcuts[1:])
+    plain = _model("se3", residual=False)
+    plain(g)
+    assert all(s is None for s in plain.shortcuts)
+    # The shortcut takes part in the output.
+    before = np.asarray(model(g))
+    model.shortcuts[0].set_weights([np.zeros_like(w) for w in model.shortcuts[0].get_weights()])
+    assert not np.allclose(before, np.asarray(model(g)))
+
+
+def test_se3_bad_nonlinearity_raises():
+    with pytest.raises(ValueError, match="nonlinearity"):
+        SE3Transformer("1x1o", "1x1o", channels=4, num_heads=2, nonlinearity="relu")

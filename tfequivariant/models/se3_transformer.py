@@ -4,12 +4,13 @@ import keras
 
 from tfequivariant.irreps import Irreps
 from tfequivariant.layers.edge_geometry import EdgeGeometry, parse_irreps_sh
+from tfequivariant.layers.gate import Gate
 from tfequivariant.layers.graph_pooling import GraphPooling
 from tfequivariant.layers.point_convolution import PointConvolution
 from tfequivariant.layers.se3_attention import SE3Attention
 from tfequivariant.layers.se3_norm_nonlinearity import SE3NormNonlinearity
 from tfequivariant.layers.self_interaction import SelfInteraction, parse_irreps
-from tfequivariant.models._common import BaseGraphModel, build_functional, hidden_irreps, reachable_irreps
+from tfequivariant.models._common import BaseGraphModel, build_functional, gate_for, hidden_irreps, reachable_irreps
 
 __all__ = ["SE3Transformer", "build_se3_transformer"]
 
@@ -45,6 +46,11 @@ class SE3Transformer(BaseGraphModel):
         irreps_sh: harmonics of the filters (default: lmax of the hidden irreps).
         num_radial_basis, cutoff, radial_basis, radial_hidden: the filters' radial part.
         avg_num_neighbors: normalization of the last convolution's neighbour sum (default 1.0).
+        nonlinearity: ``"norm"`` (default, the paper's: ``SE3NormNonlinearity``, a
+            layer normalization of the norms of each type followed by ReLU) or
+            ``"gate"`` (the attention also produces one gate scalar per channel of
+            degree > 0 and a ``Gate`` follows, as in the TFN model and e3nn: it keeps
+            magnitudes, which regression of physical quantities needs).
         residual: add the block input to its output (default True): itself where
             the irreps match, else its image under a linear self-interaction (a
             projection shortcut). The norm nonlinearity normalizes the norms of
@@ -88,6 +94,7 @@ class SE3Transformer(BaseGraphModel):
         radial_hidden=(64,),
         avg_num_neighbors=1.0,
         residual=True,
+        nonlinearity="norm",
         readout="node",
         pooling="sum",
         max_neighbors=None,
@@ -107,6 +114,9 @@ class SE3Transformer(BaseGraphModel):
         self.radial_hidden = tuple(radial_hidden) if not isinstance(radial_hidden, int) else (radial_hidden,)
         self.avg_num_neighbors = avg_num_neighbors
         self.residual = bool(residual)
+        if nonlinearity not in ("norm", "gate"):
+            raise ValueError(f'nonlinearity must be "norm" or "gate". Received: nonlinearity={nonlinearity!r}')
+        self.nonlinearity = nonlinearity
         self.max_neighbors = max_neighbors
         filters = dict(
             irreps_sh=self.irreps_sh,
@@ -122,18 +132,23 @@ class SE3Transformer(BaseGraphModel):
         irreps = self.irreps_node_in
         for k in range(num_layers):
             hidden = reachable_irreps(self.irreps_hidden, irreps, self.irreps_sh)
+            if nonlinearity == "gate":
+                norm = Gate(**gate_for(hidden), dtype=self.dtype_policy, name=f"gate_{k}")
+            else:
+                norm = SE3NormNonlinearity(hidden, dtype=self.dtype_policy, name=f"norm_{k}")
+            hidden = norm.irreps_out
             self.attentions.append(
                 SE3Attention(
                     irreps,
-                    hidden,
-                    irreps_key=_key_irreps(irreps, hidden),
+                    norm.irreps_in,
+                    irreps_key=_key_irreps(irreps, hidden.simplify()),
                     num_heads=num_heads,
                     dtype=self.dtype_policy,
                     name=f"attention_{k}",
                     **filters,
                 )
             )
-            self.norms.append(SE3NormNonlinearity(hidden, dtype=self.dtype_policy, name=f"norm_{k}"))
+            self.norms.append(norm)
             self.shortcuts.append(
                 SelfInteraction(irreps, hidden, use_bias=False, dtype=self.dtype_policy, name=f"shortcut_{k}")
                 if self.residual and irreps != hidden
@@ -188,6 +203,7 @@ class SE3Transformer(BaseGraphModel):
             "radial_hidden": list(self.radial_hidden),
             "avg_num_neighbors": self.avg_num_neighbors,
             "residual": self.residual,
+            "nonlinearity": self.nonlinearity,
             "readout": self.readout,
             "pooling": self.pooling,
             "max_neighbors": self.max_neighbors,
