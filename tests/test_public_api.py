@@ -22,10 +22,10 @@ EXPECTED_TOP_LEVEL = {
 }
 
 #: Subpackages listed in ``tfequivariant.__all__`` (loaded on first attribute access).
-EXPECTED_SUBPACKAGES = {"so3", "layers", "graph", "models", "export", "datasets", "testing"}
+EXPECTED_SUBPACKAGES = {"so3", "layers", "graph", "models", "export", "datasets", "testing", "distribute"}
 
 #: Subpackages that must already import; add the others as they land.
-REACHABLE_SUBPACKAGES = {"so3", "layers", "testing", "graph", "models", "datasets", "export"}
+REACHABLE_SUBPACKAGES = {"so3", "layers", "testing", "graph", "models", "datasets", "export", "distribute"}
 
 #: ``tfequivariant.layers.__all__``.
 EXPECTED_LAYERS = {

@@ -3,7 +3,8 @@
 The SO(3)/O(3) core (``Irrep``, ``Irreps``, ``spherical_harmonics``,
 ``wigner_3j``, ``wigner_D``) follows e3nn's conventions numerically, so data,
 weights and papers carry over. Subpackages: ``layers``, ``graph``, ``models``,
-``export``, ``datasets``, ``testing`` (imported on first attribute access).
+``export``, ``datasets``, ``testing``, ``distribute`` (imported on first
+attribute access).
 """
 
 import importlib
@@ -21,11 +22,11 @@ from tfequivariant.spherical_harmonics import spherical_harmonics
 
 # Layers and models register their classes with Keras on import, so a saved
 # .keras model loads after a plain `import tfequivariant`.
-from tfequivariant import layers, models  # noqa: E402,F401  (after the core they use)
+from tfequivariant import distribute, layers, models  # noqa: E402,F401  (after the core they use)
 
 __version__ = "0.1.0.dev0"
 
-_SUBMODULES = ("so3", "layers", "graph", "models", "export", "datasets", "testing")
+_SUBMODULES = ("so3", "layers", "graph", "models", "export", "datasets", "testing", "distribute")
 
 __all__ = [
     "Irrep",
