@@ -518,6 +518,8 @@ def main():
                         help="re-run a configuration up to this many times when other processes used >= 0.3 cores "
                              "during it, keeping the quietest attempt (default 1)")
     parser.add_argument("--markdown", help="write the tables and run details to this markdown file")
+    parser.add_argument("--json", help="write the raw results (samples included), graph, FLOP counts and machine "
+                                       "report to this JSON file")
     parser.add_argument("--worker", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
 
@@ -628,6 +630,15 @@ def main():
             if check:
                 fh.write("\ncorrectness check:\n\n```\n" + json.dumps(check, indent=1) + "\n```\n")
         print(f"wrote {args.markdown}")
+
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump({"machine": machine, "args": vars(args), "elapsed_s": elapsed, "matmul_gflops": mm,
+                       "graph": {"nodes": args.nodes, "edges": num_edges, "mean_degree": g["mean_degree"],
+                                 "max_degree": g["max_degree"]},
+                       "flops": flops, "check": check,
+                       "results": [{"label": lbl, "pass": p, **r} for (lbl, p), r in results.items()]}, fh, indent=1)
+        print(f"wrote {args.json}")
 
 
 if __name__ == "__main__":

@@ -896,6 +896,8 @@ def main():
                         help="sequential schedule: before each configuration wait up to this many seconds for "
                              "other processes to use < 0.3 cores (default 0: off)")
     parser.add_argument("--markdown", help="write the tables and run details to this markdown file")
+    parser.add_argument("--json", help="write the raw results (samples included), graph, FLOP counts and machine "
+                                       "report to this JSON file")
     parser.add_argument("--worker", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
 
@@ -1034,6 +1036,16 @@ def main():
             if check:
                 fh.write("\nset-up check:\n\n```\n" + json.dumps(check, indent=1) + "\n```\n")
         print(f"wrote {args.markdown}")
+
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump({"machine": machine, "args": vars(args), "elapsed_s": elapsed, "matmul_gflops": mm,
+                       "load_average_before_after": [load_before, load_after],
+                       "graph": {"nodes": args.nodes, "edges": num_edges, "mean_degree": g["mean_degree"],
+                                 "max_degree": g["max_degree"]},
+                       "flops": flops, "check": check,
+                       "results": [{"label": lbl, "pass": p, **r} for (lbl, p), r in results.items()]}, fh, indent=1)
+        print(f"wrote {args.json}")
 
 
 if __name__ == "__main__":

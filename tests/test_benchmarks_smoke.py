@@ -1,0 +1,245 @@
+"""benchmarks/run_all.py: the summary table from the benchmarks' JSON, and a smoke run.
+
+The fast tests feed canned JSON dicts (the structure the three scripts' ``--json``
+write) to the table assembly, so a parsing regression fails in a second; the
+slow test runs ``run_all.py --quick --no-e3nn`` end to end (a few minutes).
+"""
+
+import argparse
+import importlib.util
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BENCH = os.path.join(ROOT, "benchmarks")
+
+
+def _load_run_all():
+    spec = importlib.util.spec_from_file_location("tfe_bench_run_all", os.path.join(BENCH, "run_all.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+run_all = _load_run_all()
+
+
+def _timing(ms):
+    return {"n": 3, "median_ms": ms, "q1_ms": ms, "q3_ms": ms, "iqr_ms": 0.0, "min_ms": ms, "samples_ms": [ms] * 3}
+
+
+def _sh_result(framework, mode, fwd_ms, bwd_ms, peak=1 << 20):
+    return {"framework": framework, "mode": mode, "lmax": 2, "allocator": {"allocator": "glibc malloc"},
+            "forward": {"timing": _timing(fwd_ms), "peak_extra_bytes": peak},
+            "forward_backward": {"timing": _timing(bwd_ms), "peak_extra_bytes": 2 * peak}}
+
+
+SH = {
+    "args": {"n": 1000, "lmax": [2]},
+    "results": [
+        _sh_result("tf", "eager", 4.0, 9.0),
+        _sh_result("tf", "function", 2.0, 5.0),
+        _sh_result("tf", "xla", 1.0, 6.0, peak=3 << 20),
+        _sh_result("torch", "eager", 3.0, 8.0),
+        _sh_result("torch", "compile", 2.0, 10.0, peak=5 << 20),
+        {"framework": "torch", "mode": "script", "lmax": 2, "error": "exit code 1:\nRuntimeError: boom"},
+    ],
+}
+
+
+def _graph_result(label, pass_, ms, peak_mb=100.0, **extra):
+    return {"label": label, "pass": pass_, "timing": _timing(ms), "median_ms": ms, "iqr_ms": 0.0, "reps": 3,
+            "reduced": False, "peak_mb": peak_mb, "allocator": "glibc malloc", **extra}
+
+
+CONV = {
+    "graph": {"nodes": 60, "edges": 2000, "mean_degree": 33.3, "max_degree": 40},
+    "flops": {"per_node_total": 2e9, "per_edge_total": 4e9},
+    "results": [
+        _graph_result("e3nn eager", "fwd", 100.0, 50.0),
+        _graph_result("e3nn eager", "fwdbwd", 300.0, 150.0),
+        {"label": "e3nn compile", "pass": "fwd", "error": "BackendCompilerFailed: no compiler"},
+        {"label": "e3nn compile", "pass": "fwdbwd", "error": "BackendCompilerFailed: no compiler"},
+        _graph_result("tfe per_node eager", "fwd", 80.0),
+        _graph_result("tfe per_node function", "fwd", 40.0),
+        _graph_result("tfe per_node xla", "fwd", 20.0, 200.0),
+        _graph_result("tfe per_node eager", "fwdbwd", 240.0),
+        _graph_result("tfe per_node function", "fwdbwd", 120.0, 300.0),
+        {"label": "tfe per_node xla", "pass": "fwdbwd", "error": "exit code 1: / XlaRuntimeError"},
+        _graph_result("tfe per_edge eager", "fwd", 50.0),
+        _graph_result("tfe per_edge eager", "fwdbwd", 200.0),
+        _graph_result("tfe per_node xla +SI", "fwd", 25.0),
+        _graph_result("tfe per_node xla +SI", "fwdbwd", 100.0),
+    ],
+}
+
+ATTENTION = {
+    "graph": {"nodes": 60, "edges": 1930, "mean_degree": 32.2, "max_degree": 43},
+    "flops": {"per_edge_total": 1e9, "per_node_total": 0.5e9},
+    "results": [
+        _graph_result("e3nn eager", "fwd", 200.0, 70.0),
+        _graph_result("e3nn compile:max-autotune", "fwd", 100.0, 90.0),
+        _graph_result("e3nn eager", "fwdbwd", 500.0, 200.0),
+        _graph_result("tfe eager", "fwd", 400.0),
+        _graph_result("tfe function", "fwd", 150.0, 110.0),
+        _graph_result("tfe xla", "fwd", 250.0),
+        _graph_result("tfe eager", "fwdbwd", 900.0),
+        _graph_result("tfe function", "fwdbwd", 1000.0, 800.0),
+        {"label": "tfe xla", "pass": "fwdbwd",
+         "error": "killed by the memory guard: RSS 6.1 GiB > per-process limit 6.0 GiB"},
+    ],
+}
+
+
+def _rows_by_key(rows):
+    return {(r[0], r[1]): dict(zip(run_all.HEADER, r)) for r in rows}
+
+
+def test_summary_rows_from_canned_json():
+    outcomes = {"sh": {"data": SH}, "conv": {"data": CONV}, "attention": {"data": ATTENTION}}
+    rows, notes = run_all.summary_rows(outcomes, strict=True)
+    assert all(len(r) == len(run_all.HEADER) for r in rows)
+    t = _rows_by_key(rows)
+    sh = "spherical harmonics lmax=2, 1,000 vectors"
+    conv = "PointConvolution, N=60, E=2000"
+    att = "SE3Attention, N=60, E=1930"
+    assert list(t) == [
+        (sh, "forward"), (sh, "forward+backward"),
+        (conv + ", per_node", "forward"), (conv + ", per_node", "forward+backward"),
+        (conv + ", per_edge", "forward"), (conv + ", per_edge", "forward+backward"),
+        (conv + ", per_node +SI", "forward"), (conv + ", per_node +SI", "forward+backward"),
+        (att, "forward"), (att, "forward+backward"),
+    ]
+
+    row = t[(sh, "forward")]
+    assert [row["tfe eager ms"], row["tfe tf.function ms"], row["tfe XLA ms"]] == ["4.00", "2.00", "1.00"]
+    assert row["e3nn best ms (mode)"] == "2.00 (torch.compile)"
+    assert row["tfe best / e3nn best"] == "0.50 (XLA / torch.compile)"
+    assert row["peak tfe"] == "3.0 MiB" and row["peak e3nn"] == "5.0 MiB"
+    gbs = 1000 * (12 + 4 * 9) / 1e-3 / 1e9  # forward bytes (12 B in, 4 (lmax+1)^2 B out) over 1 ms
+    assert row["rate tfe"] == f"{gbs:.2f} GB/s"
+    row = t[(sh, "forward+backward")]
+    assert row["e3nn best ms (mode)"] == "8.00 (eager)"
+    assert row["tfe best / e3nn best"] == "0.62 (tf.function / eager)"
+    assert row["rate tfe"] == "-" and row["rate e3nn"] == "-"  # bytes are defined for the forward only
+
+    row = t[(conv + ", per_node", "forward")]
+    assert row["tfe XLA ms"] == "20.0"
+    assert row["e3nn best ms (mode)"] == "100.0 (eager)"  # compile failed: not the best
+    assert row["tfe best / e3nn best"] == "0.20 (XLA / eager)"
+    assert row["peak tfe"] == "200.0 MiB" and row["peak e3nn"] == "50.0 MiB"
+    assert row["rate tfe"] == "100.0 GFLOP/s"  # per_node useful FLOPs 2e9 / 20 ms
+    assert row["rate e3nn"] == "40.0 GFLOP/s"  # per_edge FLOPs 4e9 / 100 ms
+    row = t[(conv + ", per_node", "forward+backward")]
+    assert row["tfe XLA ms"] == "error"
+    assert row["tfe best / e3nn best"] == "0.40 (tf.function / eager)"
+    assert row["rate tfe"] == "50.0 GFLOP/s"  # 3 x 2e9 / 120 ms
+    assert row["rate e3nn"] == "40.0 GFLOP/s"  # 3 x 4e9 / 300 ms
+    row = t[(conv + ", per_edge", "forward")]
+    assert row["tfe tf.function ms"] == "-" and row["rate tfe"] == "80.0 GFLOP/s"  # 4e9 / 50 ms
+    assert t[(conv + ", per_node +SI", "forward")]["tfe eager ms"] == "-"
+
+    row = t[(att, "forward")]
+    assert row["e3nn best ms (mode)"] == "100.0 (torch.compile(max-autotune))"
+    assert row["tfe best / e3nn best"] == "1.50 (tf.function / torch.compile(max-autotune))"
+    assert row["rate tfe"].endswith("GFLOP/s")
+    row = t[(att, "forward+backward")]
+    assert row["tfe XLA ms"] == "killed"
+    assert row["tfe best / e3nn best"] == "1.80 (eager / eager)"
+    assert row["rate tfe"] == "3.3 GFLOP/s"  # 3 x 1e9 / 900 ms
+
+    text = "\n".join(notes)
+    assert "RuntimeError: boom" in text and "BackendCompilerFailed" in text and "memory guard" in text
+
+
+def test_failed_benchmark_row_and_the_others_still_print():
+    outcomes = {
+        "sh": {"error": "killed by SIGKILL (out of memory?)", "log": "/tmp/x/sh.log"},
+        "conv": {"data": {"graph": {"nodes": 1}}},  # malformed: no flops, no results
+        "attention": {"data": ATTENTION},
+    }
+    rows, notes = run_all.summary_rows(outcomes)
+    assert rows[0][:3] == ["spherical harmonics", "FAILED", "killed by SIGKILL (out of memory?)"]
+    assert rows[1][:2] == ["PointConvolution", "FAILED"] and "could not read its JSON" in rows[1][2]
+    assert [r[1] for r in rows[2:]] == ["forward", "forward+backward"]
+    assert any("/tmp/x/sh.log" in n for n in notes)
+    with pytest.raises(KeyError):
+        run_all.summary_rows({"conv": outcomes["conv"]}, strict=True)
+
+
+def test_no_e3nn_rows_and_markdown():
+    sh = {"args": {"n": 1000}, "results": [r for r in SH["results"] if r["framework"] == "tf"]}
+    rows, notes = run_all.summary_rows({"sh": {"data": sh}}, strict=True)
+    assert len(rows) == 2 and not notes
+    assert rows[0][5:7] == ["-", "-"] and rows[0][8] == "-"
+    text = run_all.format_summary(rows, notes, e3nn_skipped=True)
+    table = [line for line in text.splitlines() if line.startswith("|")]
+    assert len(table) == 4 and "e3nn skipped" in text
+
+
+def test_commands_quick_no_e3nn_and_overrides():
+    args = argparse.Namespace(
+        only=["sh", "conv", "attention"], quick=True, no_e3nn=True, n=500, lmax=[1, 3], nodes=None, reps=4,
+        warmup=None, sh_args="", conv_args="--si-modes xla", attention_args="")
+    cmds = run_all.build_commands(args)
+    assert list(cmds) == ["sh", "conv", "attention"]
+    sh = cmds["sh"]
+    assert sh[1].endswith("bench_spherical_harmonics.py") and "--frameworks" in sh
+    assert sh[-7:] == ["--n", "500", "--lmax", "1", "3", "--repeat", "4"]  # after --quick's, so they win
+    assert "--no-e3nn" in cmds["conv"] and cmds["conv"][-2:] == ["--si-modes", "xla"]
+    assert "--torch-modes" not in sh and "--e3nn-modes" not in cmds["conv"] + cmds["attention"]
+    assert cmds["attention"][cmds["attention"].index("--nodes") + 1] == "60"
+
+
+def test_run_benchmark_failure_reasons(tmp_path):
+    log = str(tmp_path / "log")
+    rc, reason, _ = run_all.run_benchmark(
+        [sys.executable, "-c", "import os, signal; os.kill(os.getpid(), signal.SIGKILL)"], log)
+    assert rc < 0 and reason.startswith("killed by SIGKILL")
+    rc, reason, _ = run_all.run_benchmark([sys.executable, "-c", "import sys; sys.exit('bad input')"], log)
+    assert rc == 1 and reason == "exit code 1: bad input"
+    rc, reason, _ = run_all.run_benchmark([sys.executable, "-c", "import time; time.sleep(60)"], log, timeout=1)
+    assert reason.startswith("timed out after 1 s")
+
+
+def test_bench_scripts_offer_json():
+    for script in ("bench_spherical_harmonics.py", "bench_point_convolution.py", "bench_se3_attention.py"):
+        out = subprocess.run([sys.executable, os.path.join(BENCH, script), "--help"], capture_output=True,
+                             text=True, check=True).stdout
+        assert "--json" in out, script
+
+
+@pytest.mark.slow
+def test_run_all_quick_no_e3nn(tmp_path):
+    md = tmp_path / "summary.md"
+    proc = subprocess.run(
+        [sys.executable, os.path.join(BENCH, "run_all.py"), "--quick", "--no-e3nn", "--out-dir", str(tmp_path),
+         "--markdown", str(md)],
+        capture_output=True, text=True, timeout=3600, cwd=ROOT)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "FAILED" not in proc.stdout
+    rows = [[c.strip() for c in line.strip().strip("|").split("|")]
+            for line in proc.stdout.splitlines() if line.startswith("| ")]
+    header, rows = rows[0], rows[1:]
+    assert header == run_all.HEADER
+    got = {(r[0], r[1]): r for r in rows}
+    expected = [("spherical harmonics lmax=2, 20,000 vectors", ""), ("PointConvolution, N=60, E=", ", per_node"),
+                ("PointConvolution, N=60, E=", ", per_edge"), ("SE3Attention, N=60, E=", "")]
+    assert len(rows) == 2 * len(expected)
+    for prefix, suffix in expected:
+        for pass_ in ("forward", "forward+backward"):
+            match = [r for (w, p), r in got.items() if w.startswith(prefix) and w.endswith(suffix) and p == pass_
+                     and ("per_" in w) == bool(suffix)]
+            assert len(match) == 1, (prefix, suffix, pass_)
+            cells = match[0]
+            for ms in cells[2:5]:  # tfe eager, tf.function, XLA medians
+                assert re.fullmatch(r"[0-9.]+\*?", ms), cells
+            assert cells[5] == "-" and cells[6] == "-"  # no e3nn
+            assert cells[7].endswith("iB")
+    text = md.read_text()
+    assert "date (`date -u`)" in text and "LD_PRELOAD" in text and "load average" in text
+    assert text.count("| forward") == 2 * len(expected)
