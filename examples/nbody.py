@@ -42,7 +42,7 @@ def parse_args(argv=None):
     p.add_argument("--test", type=int, default=1000, help="test trajectories (fixed test set)")
     p.add_argument("--epochs", type=int, default=12)
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--lr", type=float, default=1e-2, help="peak learning rate (cosine decay); 1e-2 was best for both models in a sweep")
     p.add_argument("--channels", type=int, default=8, help="hidden channels per degree")
     p.add_argument("--max-degree", type=int, default=2)
     p.add_argument("--layers", type=int, default=2, help="attention blocks (SE3) / gated convolutions + 1 (TFN)")
