@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from tfequivariant import graph as tfe_graph
-from tfequivariant.datasets import qm9
+from tfequivariant.datasets import _cache, qm9
 from tfequivariant.testing import CARTESIAN_POINTS, assert_equivariant
 
 EXAMPLE = os.path.join(os.path.dirname(__file__), os.pardir, "examples", "qm9.py")
@@ -379,7 +379,7 @@ def test_limit_slices_the_full_cache(tmp_path, monkeypatch):
     part = qm9.load(limit=300, cache_dir=tmp_path / "parsed")
     # Pretend these 300 molecules are the full cache: a limited load must slice it, not parse.
     tag = qm9._source_tag(qm9.data_dir(), True)
-    qm9._write_npz(os.fspath(tmp_path / "full" / f"qm9_all_{tag}_v{qm9._CACHE_VERSION}.npz"), part)
+    _cache.write_npz(os.fspath(tmp_path / "full" / f"qm9_all_{tag}_v{qm9._CACHE_VERSION}.npz"), part)
     monkeypatch.setattr(qm9, "read_csv", lambda *a, **k: pytest.fail("parsed instead of slicing the cache"))
     sliced = qm9.load(limit=120, cache_dir=tmp_path / "full")
     monkeypatch.undo()

@@ -84,9 +84,10 @@ References:
 """
 
 import os
-import tempfile
 
 import numpy as np
+
+from tfequivariant.datasets import _cache
 
 __all__ = [
     "NODE_FEATURES_IRREPS",
@@ -343,15 +344,6 @@ def simulate(num_trajectories, num_particles=5, seed=0, num_steps=5000, record_e
     return integrate(**initial, num_steps=num_steps, record_every=record_every, dt=dt)
 
 
-def _cache_dir(cache_dir):
-    if cache_dir is not None:
-        return os.fspath(cache_dir)
-    root = os.environ.get("TFEQUIVARIANT_CACHE") or os.path.join(
-        os.path.expanduser("~"), ".cache", "tfequivariant"
-    )
-    return os.path.join(root, "nbody")
-
-
 def load(
     split,
     num_trajectories,
@@ -405,7 +397,7 @@ def load(
     num_steps = _check_int("num_steps", num_steps, 2, where)
     record_every = _check_int("record_every", record_every, 1, where)
     dt = _check_positive_float("dt", dt, where)
-    directory = _cache_dir(cache_dir)
+    directory = _cache.cache_dir(cache_dir, "nbody")
     name = (
         f"charged_{split}_seed{seed}_n{num_trajectories}_p{num_particles}_steps{num_steps}"
         f"_every{record_every}_dt{dt!r}_v{_CACHE_VERSION}.npz"
@@ -421,16 +413,7 @@ def load(
         "charges": data["charges"].astype(np.float32),
         "num_clipped": data["num_clipped"].astype(np.int32),
     }
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp_path = tempfile.mkstemp(dir=directory, prefix=".tmp_", suffix=".npz")
-    try:
-        with os.fdopen(fd, "wb") as file:
-            np.savez(file, **data)
-        os.replace(tmp_path, path)
-    except BaseException:
-        if os.path.exists(tmp_path):
-            os.remove(tmp_path)
-        raise
+    _cache.write_npz(path, data)
     return data
 
 

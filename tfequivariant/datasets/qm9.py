@@ -131,7 +131,6 @@ import importlib.metadata
 import importlib.util
 import os
 import re
-import tempfile
 
 import numpy as np
 
@@ -716,15 +715,6 @@ def read_csv(directory=None, limit=None):
 # ----------------------------------------------------------------------------
 
 
-def _cache_dir(cache_dir):
-    if cache_dir is not None:
-        return os.fspath(cache_dir)
-    root = os.environ.get("TFEQUIVARIANT_CACHE") or os.path.join(
-        os.path.expanduser("~"), ".cache", "tfequivariant"
-    )
-    return os.path.join(root, "qm9")
-
-
 def _source_tag(directory, located):
     """qm9pack-<version> for the package's files, else a hash of the directory and sizes."""
     if located:
@@ -735,20 +725,6 @@ def _source_tag(directory, located):
     sizes = [os.path.getsize(os.path.join(directory, f)) for f in _FILES]
     key = f"{os.path.abspath(directory)}|{sizes}".encode()
     return "dir-" + hashlib.sha1(key).hexdigest()[:10]
-
-
-def _write_npz(path, data):
-    directory = os.path.dirname(path)
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp_path = tempfile.mkstemp(dir=directory, prefix=".tmp_", suffix=".npz")
-    try:
-        with os.fdopen(fd, "wb") as file:
-            np.savez(file, **data)
-        os.replace(tmp_path, path)
-    except BaseException:
-        if os.path.exists(tmp_path):
-            os.remove(tmp_path)
-        raise
 
 
 def _read_npz(path):
@@ -787,7 +763,10 @@ def load(limit=None, cache_dir=None, directory=None):
     limit = _check_limit(limit, where)
     located = directory is None
     directory = data_dir(directory)
-    folder = _cache_dir(cache_dir)
+    # Here, not at the top: this module imports without TensorFlow (the package's __init__ needs it).
+    from tfequivariant.datasets import _cache
+
+    folder = _cache.cache_dir(cache_dir, "qm9")
     tag = _source_tag(directory, located)
     full_path = os.path.join(folder, f"qm9_all_{tag}_v{_CACHE_VERSION}.npz")
     if limit is not None and limit >= NUM_MOLECULES:
@@ -797,13 +776,13 @@ def load(limit=None, cache_dir=None, directory=None):
         return data if limit is None else select(data, np.arange(min(limit, data["index"].size)))
     if limit is None:
         data = read_csv(directory)
-        _write_npz(full_path, data)
+        _cache.write_npz(full_path, data)
         return data
     path = os.path.join(folder, f"qm9_first{int(limit)}_{tag}_v{_CACHE_VERSION}.npz")
     if os.path.exists(path):
         return _read_npz(path)
     data = read_csv(directory, limit=int(limit))
-    _write_npz(path, data)
+    _cache.write_npz(path, data)
     return data
 
 
