@@ -85,15 +85,13 @@ def build_graph(num_nodes):
     }
 
 
-def flop_counts(num_nodes, num_edges, max_degree):
-    """Forward FLOPs (multiply-add = 2) of both algorithms, derived from the paths.
+def path_sums(blocks, sh=((1, 0, 1), (1, 1, -1), (1, 2, 1))):
+    """Per-edge sums over the fully connected paths ``blocks x sh -> blocks``.
 
-    Per path ``(mul1 x l1) x (mul2 x l2) -> (mulo x lo)`` with ``d = 2l+1``:
-    harmonics times CG ``2 mul2 d1 d2 do``, features times that ``2 mul1 mul2 d1 do``
-    (the weightless product, per edge), weights ``2 mul1 mul2 mulo do``.
+    ``blocks``/``sh`` are ``(mul, l, parity)``; returns ``(cg, weightless, weighted,
+    q, w_numel)``: the FLOPs of harmonics times CG, of features times that, of the
+    weights, the size of the weightless product and the number of path weights.
     """
-    blocks = [(32, 0, 1), (16, 1, -1), (8, 2, 1)]  # (mul, l, parity): in = out
-    sh = [(1, 0, 1), (1, 1, -1), (1, 2, 1)]
     cg = weightless = weighted = q = w_numel = 0
     for mul1, l1, p1 in blocks:
         for mul2, l2, p2 in sh:
@@ -105,6 +103,17 @@ def flop_counts(num_nodes, num_edges, max_degree):
                     weighted += 2 * mul1 * mul2 * mulo * do
                     q += mul1 * mul2 * do
                     w_numel += mul1 * mul2 * mulo
+    return cg, weightless, weighted, q, w_numel
+
+
+def flop_counts(num_nodes, num_edges, max_degree):
+    """Forward FLOPs (multiply-add = 2) of both algorithms, derived from the paths.
+
+    Per path ``(mul1 x l1) x (mul2 x l2) -> (mulo x lo)`` with ``d = 2l+1``:
+    harmonics times CG ``2 mul2 d1 d2 do``, features times that ``2 mul1 mul2 d1 do``
+    (the weightless product, per edge), weights ``2 mul1 mul2 mulo do``.
+    """
+    cg, weightless, weighted, q, w_numel = path_sums([(32, 0, 1), (16, 1, -1), (8, 2, 1)])
     radial_hidden = 2 * num_edges * NUM_BASIS * HIDDEN
     per_edge = {
         "radial_hidden": radial_hidden,

@@ -59,7 +59,14 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import _common  # noqa: E402
-from bench_point_convolution import build_graph, matmul_worker  # noqa: E402  (the same workload)
+from bench_point_convolution import (  # noqa: E402  (the same workload and the same TF/torch plumbing)
+    _tf_inputs,
+    _tf_steps,
+    _torch_inputs,
+    build_graph,
+    matmul_worker,
+    path_sums,
+)
 
 IRREPS = "32x0e+16x1o+8x2e"
 IRREPS_KEY = IRREPS
@@ -88,18 +95,7 @@ def flop_counts(num_nodes, num_edges):
     fused key+value product has every path twice (once into the key block, once into
     the value block). Also an estimate of a per-receiver ("per-node") formulation.
     """
-    sh = [(1, 0, 1), (1, 1, -1), (1, 2, 1)]
-    cg = weightless = weighted = q = w_numel = 0
-    for mul1, l1, p1 in BLOCKS:
-        for mul2, l2, p2 in sh:
-            for mulo, lo, po in BLOCKS:
-                if abs(l1 - l2) <= lo <= l1 + l2 and po == p1 * p2:
-                    d1, d2, do = 2 * l1 + 1, 2 * l2 + 1, 2 * lo + 1
-                    cg += 2 * mul2 * d1 * d2 * do
-                    weightless += 2 * mul1 * mul2 * d1 * do
-                    weighted += 2 * mul1 * mul2 * mulo * do
-                    q += mul1 * mul2 * do
-                    w_numel += mul1 * mul2 * mulo
+    cg, weightless, weighted, q, w_numel = path_sums(BLOCKS)
     linear = sum(2 * m * m * (2 * l + 1) for m, l, _ in BLOCKS)  # one o3.Linear per node
     e = num_edges
     per_edge = {
@@ -165,41 +161,12 @@ def _tf_layer():
     return layer
 
 
-def _tf_inputs(g):
-    import tensorflow as tf
-
-    graph = {k: tf.constant(g[k]) for k in ("positions", "senders", "receivers", "edge_shifts")}
-    return graph, tf.constant(g["features"]), tf.constant(g["cotangent"])
-
-
-def _tf_fn(layer, graph, cotangent, mode, pass_):
-    import tensorflow as tf
-
-    def fwd(features, positions):
-        return layer(features, {**graph, "positions": positions})
-
-    def fwdbwd(features, positions):
-        with tf.GradientTape() as tape:
-            tape.watch([features, positions])
-            out = layer(features, {**graph, "positions": positions})
-            loss = tf.reduce_sum(out * cotangent)
-        grads = tape.gradient(loss, [features, positions] + list(layer.trainable_weights))
-        return [tf.convert_to_tensor(x) for x in grads]  # dense, as e3nn's (gathers give IndexedSlices)
-
-    fn = fwd if pass_ == "fwd" else fwdbwd
-    if mode == "function":
-        fn = tf.function(fn, jit_compile=False)
-    elif mode == "xla":
-        fn = tf.function(fn, jit_compile=True)
-    return fn
-
-
 def tf_step(cfg):
     """``step()`` -> the output (fwd) or the gradients (fwd+bwd); ``arrays(result)`` -> dict to compare."""
     g = build_graph(cfg["nodes"])
     graph, features, cotangent = _tf_inputs(g)
     layer = _tf_layer()
-    fn = _tf_fn(layer, graph, cotangent, cfg["mode"], cfg["pass"])
+    fn = _tf_steps(layer, graph, cotangent, cfg["mode"], cfg["pass"])
     positions = graph["positions"]
 
     def step():
@@ -292,19 +259,6 @@ def _e3nn_module(num_nodes, weights=None, act_constant=None):
         # e3nn estimates normalize2mom's constant from 1e6 samples; tfequivariant integrates it exactly.
         module.fc.layer0.act.cst = act_constant
     return module
-
-
-def _torch_inputs(g, requires_grad):
-    import torch
-
-    t = {k: torch.from_numpy(np.ascontiguousarray(g[k])) for k in
-         ("features", "positions", "edge_shifts", "cotangent")}
-    t["senders"] = torch.from_numpy(g["senders"].astype(np.int64))
-    t["receivers"] = torch.from_numpy(g["receivers"].astype(np.int64))
-    if requires_grad:
-        t["features"].requires_grad_(True)
-        t["positions"].requires_grad_(True)
-    return t
 
 
 def e3nn_step(cfg):
