@@ -6,7 +6,6 @@ slow test runs ``run_all.py --quick --no-e3nn`` end to end (a few minutes).
 """
 
 import argparse
-import importlib.util
 import os
 import re
 import subprocess
@@ -14,15 +13,14 @@ import sys
 
 import pytest
 
+from _scripts import load_script
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BENCH = os.path.join(ROOT, "benchmarks")
 
 
 def _load_run_all():
-    spec = importlib.util.spec_from_file_location("tfe_bench_run_all", os.path.join(BENCH, "run_all.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(os.path.join(BENCH, "run_all.py"), "tfe_bench_run_all")
 
 
 run_all = _load_run_all()

@@ -35,6 +35,8 @@ import warnings
 import numpy as np
 import pytest
 
+from _scripts import load_script
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -435,12 +437,7 @@ EXAMPLE = os.path.join(HERE, os.pardir, "examples", "distributed_nbody.py")
 
 
 def _load_example():
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("distributed_nbody_example", EXAMPLE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(EXAMPLE, "distributed_nbody_example")
 
 
 def test_distributed_nbody_example_help():

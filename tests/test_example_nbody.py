@@ -1,11 +1,12 @@
 """The N-body example at a CI-sized budget: learning happened (well below predicting zero)."""
 
-import importlib.util
 import json
 import os
 
 import numpy as np
 import pytest
+
+from _scripts import load_script
 
 from tfequivariant.datasets import nbody
 
@@ -13,10 +14,7 @@ EXAMPLE = os.path.join(os.path.dirname(__file__), os.pardir, "examples", "nbody.
 
 
 def _load_example():
-    spec = importlib.util.spec_from_file_location("nbody_example", EXAMPLE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(EXAMPLE, "nbody_example")
 
 
 def test_nbody_example_learns_at_a_tiny_budget(tmp_path):

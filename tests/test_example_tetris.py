@@ -9,11 +9,12 @@ room under those numbers and sit far above chance (1/8). The mirror
 properties are exact up to float32 round-off.
 """
 
-import importlib.util
 import pathlib
 
 import numpy as np
 import pytest
+
+from _scripts import load_script
 import tensorflow as tf
 
 from tfequivariant import so3
@@ -30,10 +31,7 @@ MIRROR_TOLERANCE = 1e-5  # relative, float32: what an exact invariance leaves un
 
 
 def _load_example():
-    spec = importlib.util.spec_from_file_location("tetris_example", EXAMPLE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(EXAMPLE, "tetris_example")
 
 
 @pytest.fixture(scope="module")

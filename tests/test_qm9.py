@@ -18,6 +18,8 @@ import sys
 import numpy as np
 import pytest
 
+from _scripts import load_script
+
 from tfequivariant import graph as tfe_graph
 from tfequivariant.datasets import _cache, qm9
 from tfequivariant.testing import CARTESIAN_POINTS, assert_equivariant
@@ -32,10 +34,7 @@ SMALL = 3600
 
 
 def _load_example():
-    spec = importlib.util.spec_from_file_location("qm9_example", EXAMPLE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(EXAMPLE, "qm9_example")
 
 
 @pytest.fixture(scope="module")
