@@ -322,13 +322,13 @@ def _harmonics_flat(x, ls, normalize, normalization):
 # and Euler's identity u . grad S_l(u) = l S_l(u), the vector-Jacobian product
 # of the normalized harmonics is
 #     g . dY/dx = (sum_l G_l K_l S_{l-1}(u) - (sum_l l G_l . S_l(u)) u) / |x|,
-# a few small matrix products per degree instead of differentiating the
+# a short sum of products (K_l is sparse) instead of differentiating the
 # recursion op by op (which XLA fuses poorly: the backward took 3-5x the forward).
 # The VJP is itself built from differentiable ops (and these harmonics), so
 # higher derivatives (forces, Hessian-vector products) work.
 @functools.lru_cache(maxsize=None)
 def _derivative_matrix(l, normalization):
-    """``K_l [2l+1, 3 (2l-1)]`` (float64) with ``dS_l/dx_a = K_l[:, a, :] S_{l-1}``."""
+    """``K_l [2l+1, 3, 2l-1]`` (float64) with ``dS_l/dx_a = K_l[:, a, :] S_{l-1}``."""
     import tensorflow as tf
 
     # Complex-step derivatives of the polynomials (exact to rounding: the
@@ -355,7 +355,7 @@ def _derivative_matrix(l, normalization):
         raise RuntimeError(f"derivative of Y^{l} is not in the span of Y^{l - 1} (residual {residual:.1e})")
     k = sol.reshape(2 * l - 1, 2 * l + 1, 3).transpose(1, 2, 0)  # [2l+1, 3, 2l-1]
     k[np.abs(k) < 1e-12 * np.abs(k).max()] = 0.0
-    return k.reshape(2 * l + 1, 3 * (2 * l - 1))
+    return k
 
 
 def _vjp(x, g, ls, normalize, normalization):
@@ -378,7 +378,7 @@ def _vjp(x, g, ls, normalize, normalization):
         gl = per_degree[l]
         if gl is None:
             continue
-        k = _derivative_matrix(l, normalization).reshape(2 * l + 1, 3, 2 * l - 1)
+        k = _derivative_matrix(l, normalization)
         for m, a, j in zip(*np.nonzero(k)):
             total[a] = _add(total[a], _mul(_mul(float(k[m, a, j]), gl[m]), s[l - 1][j]))
         if normalize:
