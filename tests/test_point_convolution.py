@@ -704,3 +704,24 @@ def test_matches_e3nn_convolution(implementation):
     finally:
         torch.set_default_dtype(previous)
     _assert_close(layer(features, graph), expected, 1e-10)
+
+
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+def test_unknown_static_widths(implementation):
+    """Inputs whose widths are unknown when traced (a Keras functional graph can give
+    ``edge_sh``/features of shape ``[None, None]``) give the eager numbers; the per-node
+    path once built its zero row from the static width and failed there."""
+    import tensorflow as tf
+
+    graph = _graph()
+    features = _features()
+    layer = _built(_conv(dtype="float32", implementation=implementation), features, graph)
+    expected = layer(features, graph)
+    spec = tf.TensorSpec([None, None], tf.float32)
+
+    @tf.function(input_signature=[spec, spec, tf.TensorSpec([None], tf.int32), tf.TensorSpec([None], tf.int32)])
+    def traced(features, positions, senders, receivers):
+        return layer(features, {"positions": positions, "senders": senders, "receivers": receivers})
+
+    got = traced(features, graph["positions"], graph["senders"], graph["receivers"])
+    np.testing.assert_allclose(got.numpy(), np.asarray(expected), atol=1e-5)

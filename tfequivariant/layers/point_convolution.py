@@ -7,13 +7,13 @@ import numpy as np
 
 from tfequivariant import ops as tfe_ops
 from tfequivariant.layers._edge_filter import EdgeFilterLayer, check_positive_int, second_moment_constant
+from tfequivariant.layers._per_node import PerNodePlan, per_node_convolution
 from tfequivariant.layers.self_interaction import SelfInteraction, parse_irreps
 from tfequivariant.layers.tensor_product import (
     fully_connected_instructions,
     plan_instructions,
     tensor_product,
 )
-from tfequivariant.so3 import wigner_3j
 
 __all__ = ["PointConvolution", "second_moment_constant"]
 
@@ -141,6 +141,7 @@ class PointConvolution(EdgeFilterLayer):
             )
         self.instructions = plan_instructions(self.irreps_in, self.irreps_sh, self.irreps_out, instructions)
         self.weight_numel = sum(int(np.prod(i.path_shape)) for i in self.instructions)
+        self._plan = PerNodePlan(self.irreps_in, self.irreps_sh, self.irreps_out, self.instructions)
         self.skip = (
             SelfInteraction(self.irreps_in, self.irreps_out, dtype=self.dtype_policy, name="self_interaction")
             if self.self_interaction
@@ -153,58 +154,24 @@ class PointConvolution(EdgeFilterLayer):
         if self.skip is not None:
             self.skip.build(features_shape)
 
-    def _edge_products(self, x_send, sh):
-        """Weightless products ``[E, sum_p u v (2l_o+1)]`` of sender features and harmonics."""
-        ops = keras.ops
-        x_blocks = self.irreps_in.split(x_send)
-        sh_blocks = self.irreps_sh.split(sh)
-        parts = []
-        for ins in self.instructions:
-            (mul1, ir1), (mul2, ir2), (_, iro) = (
-                self.irreps_in[ins.i_in1],
-                self.irreps_sh[ins.i_in2],
-                self.irreps_out[ins.i_out],
-            )
-            C = ops.convert_to_tensor(wigner_3j(ir1.l, ir2.l, iro.l) * ins.coefficient, dtype=self.compute_dtype)
-            bc = ops.einsum("evj,ijk->evik", sh_blocks[ins.i_in2], C)
-            t = ops.einsum("eui,evik->euvk", x_blocks[ins.i_in1], bc)
-            parts.append(ops.reshape(t, (-1, mul1 * mul2 * iro.dim)))
-        return ops.concatenate(parts, axis=-1) if len(parts) > 1 else parts[0]
-
     def _per_node(self, features, graph, sh, h):
-        ops = keras.ops
+        import tensorflow as tf
+
+        self.irreps_in._check_features(features, "features")
         n = tfe_ops.num_nodes(graph["positions"])
-        x_send = tfe_ops.gather(features, graph["senders"])
-        t = self._edge_products(x_send, sh)  # [E, Q]
         slots = tfe_ops.receiver_slots(graph["receivers"], n, self.max_neighbors, graph.get("edge_mask"))  # [N, K]
-        zeros_t = ops.zeros((1, t.shape[-1]), dtype=t.dtype)
-        zeros_h = ops.zeros((1, h.shape[-1]), dtype=h.dtype)
-        t_pad = tfe_ops.gather(ops.concatenate([t, zeros_t], axis=0), slots)  # [N, K, Q]
-        h_pad = tfe_ops.gather(ops.concatenate([h, zeros_h], axis=0), slots)  # [N, K, H]
-        s = ops.einsum("nkh,nkq->nhq", h_pad, t_pad)  # [N, H, Q]
-        hidden = h.shape[-1]
-        w_all = ops.cast(self.radial_output, self.compute_dtype) / math.sqrt(hidden)
-        per_out = [[] for _ in self.irreps_out]
-        q_off, w_off = 0, 0
-        for ins in self.instructions:
-            (mul1, _), (mul2, _), (mulo, iro) = (
-                self.irreps_in[ins.i_in1],
-                self.irreps_sh[ins.i_in2],
-                self.irreps_out[ins.i_out],
-            )
-            q = mul1 * mul2 * iro.dim
-            s_p = ops.reshape(s[:, :, q_off : q_off + q], (-1, hidden, mul1 * mul2, iro.dim))
-            w_p = ops.reshape(w_all[:, w_off : w_off + mul1 * mul2 * mulo], (hidden, mul1 * mul2, mulo))
-            per_out[ins.i_out].append(ops.einsum("nhak,haw->nwk", s_p, w_p))
-            q_off += q
-            w_off += mul1 * mul2 * mulo
-        out = []
-        for (mul, ir), ys in zip(self.irreps_out, per_out):
-            y = ys[0]
-            for extra in ys[1:]:
-                y = y + extra
-            out.append(ops.reshape(y, (-1, mul * ir.dim)))
-        return ops.concatenate(out, axis=-1) if len(out) > 1 else out[0]
+        senders = tf.concat([tf.cast(graph["senders"], "int32"), tf.reshape(tf.cast(n, "int32"), (1,))], axis=0)
+        sender_slots = tfe_ops.gather(senders, slots)  # [N, K], empty slots -> the zero row N
+
+        def padded(rows, index):  # [N, K, C] with zeros in empty slots
+            zero = tf.zeros(tf.stack([1, tf.shape(rows)[1]]), rows.dtype)  # rows may be empty or of unknown width
+            return tfe_ops.gather(tf.concat([rows, zero], axis=0), index)
+
+        features_t = tf.transpose(padded(features, sender_slots), (0, 2, 1))  # [N, D, K]
+        sh_t = tf.transpose(padded(sh, slots), (0, 2, 1))
+        return per_node_convolution(
+            self._plan, features_t, sh_t, padded(h, slots), self.radial_output, self.compute_dtype
+        )
 
     def _per_edge(self, features, graph, sh, h):
         ops = keras.ops
