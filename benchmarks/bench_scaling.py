@@ -504,6 +504,50 @@ def plot(results, graphs, path, limit_bytes, title=None):
 
 
 # -- driver ------------------------------------------------------------------------------------------
+def code_version():
+    """Which tfequivariant the study measured: the commit, the modified files under tfequivariant/ and a
+    hash of its Python sources (the working tree can differ from the commit). Read-only git calls."""
+    import hashlib
+    import subprocess
+
+    root = os.path.dirname(HERE)
+    pkg = os.path.join(root, "tfequivariant")
+    digest = hashlib.sha256()
+    for dirpath, dirnames, filenames in os.walk(pkg):
+        dirnames.sort()
+        for name in sorted(filenames):
+            if name.endswith(".py"):
+                path = os.path.join(dirpath, name)
+                digest.update(os.path.relpath(path, root).encode())
+                with open(path, "rb") as f:
+                    digest.update(f.read())
+
+    def git(*cmd):
+        try:
+            return subprocess.run(["git", "--no-optional-locks", *cmd], cwd=root, capture_output=True, text=True,
+                                  timeout=30).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return ""
+
+    return {"commit": git("rev-parse", "--short", "HEAD") or None,
+            "modified": [line[3:] for line in git("status", "--porcelain", "--", "tfequivariant").splitlines()],
+            "tfequivariant_sha256": digest.hexdigest()[:16]}
+
+
+def previous_results(path, graphs):
+    """Measured results of an earlier run's ``--json`` (for ``--resume``), keyed by
+    ``(workload, label, pass, nodes)``; only those on the same graphs (edge counts), and not the
+    configurations that run skipped by rule ("not run": re-planned now)."""
+    if not path or not os.path.exists(path):
+        return {}
+    with open(path) as fh:
+        old = json.load(fh)
+    edges = {g["nodes"]: g["edges"] for g in graphs}
+    return {(r["workload"], r["label"], r["pass"], r["nodes"]): {**r, "resumed": True}
+            for r in old.get("results", [])
+            if edges.get(r["nodes"]) == r["edges"] and not r.get("reason", "").startswith("not run")}
+
+
 def _resolve(args):
     """Fill the options left unset from --quick's settings or the defaults."""
     src = QUICK if args.quick else DEFAULTS
@@ -536,7 +580,17 @@ def _write_outputs(args, state, final=True):
             fh.write(f"- date: {m['date']}; machine: {m['cpu_model']}, {m['cpus_usable']} usable CPUs, "
                      f"{m['memory_gib']} GiB; Python {m['python']}; load average at start "
                      f"{m['load_average_1_5_15']}\n")
-            fh.write(f"- command: `{state['command']}` (total {state.get('elapsed_s', 0) / 60:.1f} min)\n")
+            fh.write(f"- command: `{state['command']}` (total {state.get('elapsed_s', 0) / 60:.1f} min"
+                     + (f"; {sum(1 for r in results if r.get('resumed'))} results kept from an earlier run"
+                        if any(r.get("resumed") for r in results) else "") + ")\n")
+            code = state.get("code")
+            hashes = sorted({r["code_sha256"] for r in results if r.get("code_sha256")})
+            if len(hashes) > 1:
+                fh.write(f"- **warning: the results come from {len(hashes)} different tfequivariant sources** "
+                         f"(--resume across a code change; sha256 {', '.join(hashes)}; per result in the JSON)\n")
+            if code:
+                fh.write(f"- tfequivariant: commit {code['commit']}, modified files "
+                         f"{', '.join(code['modified']) or 'none'}, sources sha256 {code['tfequivariant_sha256']}\n")
             fh.write("- graphs (same density): " + "; ".join(
                 f"N={g['nodes']:,}: E={g['edges']:,}, in-degree mean {g['mean_degree']:.2f}, max {g['max_degree']}"
                 for g in graphs) + "\n")
@@ -600,6 +654,9 @@ def main(argv=None):
     parser.add_argument("--json", help="write raw results (rewritten after every configuration)")
     parser.add_argument("--markdown", help="write the tables and the run details to this file")
     parser.add_argument("--plot", help="write a log-log PNG of time and memory against edges (needs matplotlib)")
+    parser.add_argument("--resume", action="store_true",
+                        help="keep the measured results of the --json file of an interrupted run (same sizes) and "
+                             "run only the rest")
     parser.add_argument("--from-json", help="re-make the tables / markdown / plot from a saved --json; run nothing")
     parser.add_argument("--worker", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -650,9 +707,19 @@ def main(argv=None):
                    + " " + shlex.join(sys.argv[1:] if argv is None else list(argv)),
         "args": vars(args),
         "limits": {"max_rss_bytes": limit, "min_available_bytes": floor, "mem_available_start_bytes": avail},
+        "code": code_version(),
         "graphs": graphs,
         "results": [],
     }
+    print(f"tfequivariant: commit {state['code']['commit']}, modified {state['code']['modified'] or 'none'}, "
+          f"sources sha256 {state['code']['tfequivariant_sha256']}", flush=True)
+    previous = previous_results(args.json, graphs) if args.resume else {}
+    if args.resume:
+        print(f"--resume: {len(previous)} results kept from {args.json}", flush=True)
+        stale = {r.get("code_sha256") for r in previous.values()} - {state["code"]["tfequivariant_sha256"], None}
+        if stale:
+            print(f"warning: kept results measured other tfequivariant sources ({', '.join(map(str, stale))})",
+                  flush=True)
     guard = ScalingGuard(limit, floor)
     history = {}
     try:
@@ -664,10 +731,13 @@ def main(argv=None):
                     if s["kind"].endswith("e3nn") and s["cfg"]["mode"].startswith("compile"):
                         warmup = max(warmup, 3)  # compiled forward and backward settle after 2 calls
                     rec = {"workload": s["workload"], "label": s["label"], "nodes": g["nodes"], "edges": g["edges"],
-                           "max_degree": g["max_degree"], "pass": pass_}
+                           "max_degree": g["max_degree"], "pass": pass_,
+                           "code_sha256": state["code"]["tfequivariant_sha256"]}
                     skip = plan(history, key, pass_, g["nodes"], g["edges"], limit_bytes=limit,
                                 timeout_s=args.timeout, warmup=warmup, factor=args.predict_factor)
-                    if skip:
+                    if (*key, pass_, g["nodes"]) in previous:
+                        rec = previous[(*key, pass_, g["nodes"])]
+                    elif skip:
                         rec.update({"status": skip[0], "reason": skip[1]})
                     else:
                         if args.quiet_wait > 0:
@@ -689,7 +759,8 @@ def main(argv=None):
 
 
 def _print_progress(r):
-    head = f"{r['workload']:9s} {r['label']:22s} N={r['nodes']:>7,} E={r['edges']:>9,} {r['pass']:6s} "
+    head = (f"{r['workload']:9s} {r['label']:22s} N={r['nodes']:>7,} E={r['edges']:>9,} {r['pass']:6s} "
+            + ("(earlier run) " if r.get("resumed") else ""))
     if r["status"] == STATUS_OK:
         ns, b = per_edge(r)
         print(head + f"median {r['median_ms']:10.1f} ms  reps {r['reps']:2d}  {ns:8.1f} ns/edge  peak "

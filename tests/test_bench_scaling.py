@@ -236,3 +236,32 @@ def test_guard_limit_below_tensorflow(tmp_path):
         (400, "fwd", "does not fit"), (400, "fwdbwd", "does not fit")]
     assert "memory guard" in results[0]["reason"] and "not run" in results[1]["reason"]
     assert "does not fit (killed)" in proc.stdout and "does not fit (skipped)" in proc.stdout
+
+
+def test_resume_keeps_measured_results_only(tmp_path):
+    graphs = [{"nodes": 1000, "edges": 32000}, {"nodes": 10000, "edges": 320000}]
+    old = _canned() + [
+        _bad("conv", "tfe per_edge function", 10000, 320000, "fwdbwd", "does not fit", "not run: predicted 50 GiB"),
+        _ok("conv", "tfe per_edge function", 10000, 999, "fwd", 1.0, 1.0),  # another graph: not kept
+    ]
+    path = tmp_path / "old.json"
+    path.write_text(json.dumps({"results": old}))
+    kept = sc.previous_results(str(path), graphs)
+    assert set(kept) == {("conv", "tfe per_node xla", "fwd", 1000), ("conv", "tfe per_node xla", "fwd", 10000),
+                         ("conv", "tfe per_node xla", "fwdbwd", 1000), ("conv", "tfe per_node xla", "fwdbwd", 10000),
+                         ("attention", "e3nn compile", "fwd", 1000), ("attention", "e3nn compile", "fwd", 10000)}
+    assert all(r["resumed"] for r in kept.values())
+    assert sc.previous_results(str(tmp_path / "missing.json"), graphs) == {}
+
+
+def test_status_cells():
+    guard = {"status": "does not fit", "reason": "killed by the memory guard: RSS 20.1 GiB > per-process limit"}
+    floor = {"status": "does not fit", "reason": "killed by the memory guard: machine MemAvailable 0.9 GiB < floor"}
+    assert sc.status_cell(guard) == "does not fit (killed)"
+    assert sc.status_cell(floor) == "killed (machine memory low)"
+    assert sc.status_cell({"status": "does not fit", "reason": "not run: predicted peak RSS 36 GiB"}) == (
+        "does not fit (predicted)")
+    assert sc.status_cell({"status": "does not fit", "reason": "not run: N=1000 already did not fit"}) == (
+        "does not fit (skipped)")
+    assert sc.status_cell({"status": "timeout", "reason": "timed out after 3600 s"}) == "timeout"
+    assert sc.status_cell({"status": "error", "reason": "ValueError"}) == "error"
