@@ -7,8 +7,8 @@ settings: ``examples/nbody.py`` (SE(3)-Transformer and TFN on the charged
 to the example's 3 size buckets, without XLA they are not padded, as in the
 example). The scripts are imported (``importlib``) and their ``parse_args``,
 ``build_model`` and ``keras_dataset`` are called, so the benchmark follows
-them; only the ``model.compile`` call and the data preparation of ``main()``
-are repeated here. The example arguments of every case are printed.
+them; only the data preparation of ``main()`` is repeated here
+(the examples' ``compile_model`` is called too). The example arguments of every case are printed.
 
 Modes: ``function`` is ``model.compile(jit_compile=False)`` (Keras' tf.function
 step), ``xla`` is ``jit_compile=True``; ``function-padded`` (opt-in, QM9 only)
@@ -167,13 +167,7 @@ def build_nbody(argv, mode):
     keras.utils.set_random_seed(args.seed)
     train = nbody.load("train", args.train, cache_dir=args.cache_dir)
     model = ex.build_model(args.model, args)
-    steps = args.train // args.batch_size
-    schedule = keras.optimizers.schedules.CosineDecay(args.lr, decay_steps=max(1, steps * args.epochs), alpha=0.05)
-    model.compile(
-        optimizer=keras.optimizers.Adam(schedule),
-        loss=keras.losses.MeanSquaredError(reduction="mean_with_sample_weight"),
-        jit_compile=args.jit_compile,
-    )
+    ex.compile_model(model, args)
 
     def dataset():
         return ex.keras_dataset(train, args.batch_size, None, args.seed, shuffle=True)
@@ -209,15 +203,7 @@ def build_qm9(argv, mode):
         sizes = [(len(e["positions"]), len(e["senders"])) for e in train_examples + valid_examples]
         buckets = tfe_graph.buckets_for(sizes, args.batch_size, num_buckets=3)
     model = ex.build_model(args.model, args, num_edges / num_nodes, num_nodes / len(train_examples))
-    steps = max(1, len(train_examples) // args.batch_size)
-    schedule = keras.optimizers.schedules.CosineDecay(args.lr, decay_steps=steps * args.epochs, alpha=0.05)
-    loss_class = keras.losses.MeanAbsoluteError if args.loss == "mae" else keras.losses.MeanSquaredError
-    model.compile(
-        optimizer=keras.optimizers.Adam(schedule),
-        loss=loss_class(reduction="mean_with_sample_weight"),
-        weighted_metrics=[keras.metrics.MeanAbsoluteError(name="mae")],
-        jit_compile=args.jit_compile,
-    )
+    ex.compile_model(model, args, max(1, len(train_examples) // args.batch_size))
 
     def dataset():
         return ex.keras_dataset(train_examples, args.batch_size, True, args.seed, buckets)

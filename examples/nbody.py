@@ -81,6 +81,17 @@ def build_model(name, args):
     )
 
 
+def compile_model(model, args):
+    """Adam with cosine decay over the run, MSE weighted by the padding mask."""
+    steps = args.train // args.batch_size
+    schedule = keras.optimizers.schedules.CosineDecay(args.lr, decay_steps=max(1, steps * args.epochs), alpha=0.05)
+    model.compile(
+        optimizer=keras.optimizers.Adam(schedule),
+        loss=keras.losses.MeanSquaredError(reduction="mean_with_sample_weight"),
+        jit_compile=args.jit_compile,
+    )
+
+
 def keras_dataset(examples_or_data, batch_size, frame, seed, shuffle):
     ds = nbody.tf_dataset(examples_or_data, frame=frame, seed=seed)
     if shuffle:
@@ -124,13 +135,7 @@ def main(argv=None):
     results, histories = {}, {}
     for name in names:
         model = build_model(name, args)
-        steps = args.train // args.batch_size
-        schedule = keras.optimizers.schedules.CosineDecay(args.lr, decay_steps=max(1, steps * args.epochs), alpha=0.05)
-        model.compile(
-            optimizer=keras.optimizers.Adam(schedule),
-            loss=keras.losses.MeanSquaredError(reduction="mean_with_sample_weight"),
-            jit_compile=args.jit_compile,
-        )
+        compile_model(model, args)
         print(f"\n{name}: {model.count_params():,} parameters, jit_compile={args.jit_compile}")
         train_ds = keras_dataset(train, args.batch_size, None, args.seed, shuffle=True)
         val_ds = keras_dataset(test_examples[:256], args.batch_size, args.test_frame, args.seed, shuffle=False)

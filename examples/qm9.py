@@ -109,6 +109,18 @@ def pooling_for(args):
     return "mean" if args.target in _MEAN_POOLED else "sum"
 
 
+def compile_model(model, args, steps):
+    """Adam with cosine decay over ``steps * epochs``, the chosen loss weighted by the padding mask."""
+    schedule = keras.optimizers.schedules.CosineDecay(args.lr, decay_steps=steps * args.epochs, alpha=0.05)
+    loss_class = keras.losses.MeanAbsoluteError if args.loss == "mae" else keras.losses.MeanSquaredError
+    model.compile(
+        optimizer=keras.optimizers.Adam(schedule),
+        loss=loss_class(reduction="mean_with_sample_weight"),
+        weighted_metrics=[keras.metrics.MeanAbsoluteError(name="mae")],
+        jit_compile=args.jit_compile,
+    )
+
+
 def build_model(name, args, avg_num_neighbors, avg_num_atoms):
     """The equivariant network pooled per molecule; for invariant targets, an MLP head on pooled scalars.
 
@@ -230,14 +242,7 @@ def main(argv=None):
     irreps_out = qm9.target_irreps(target)
     for name in names:
         model = build_model(name, args, avg_num_neighbors, avg_num_atoms)
-        schedule = keras.optimizers.schedules.CosineDecay(args.lr, decay_steps=steps * args.epochs, alpha=0.05)
-        loss_class = keras.losses.MeanAbsoluteError if args.loss == "mae" else keras.losses.MeanSquaredError
-        model.compile(
-            optimizer=keras.optimizers.Adam(schedule),
-            loss=loss_class(reduction="mean_with_sample_weight"),
-            weighted_metrics=[keras.metrics.MeanAbsoluteError(name="mae")],
-            jit_compile=args.jit_compile,
-        )
+        compile_model(model, args, steps)
         print(f"\n{name}: {model.count_params():,} parameters, pooling={pooling_for(args)}, jit_compile={args.jit_compile}")
         t1 = time.time()
         history = model.fit(train_ds, validation_data=valid_ds, epochs=args.epochs, verbose=0 if args.quiet else 1)
