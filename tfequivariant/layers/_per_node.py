@@ -47,11 +47,7 @@ class PerNodePlan:
 
     def __init__(self, irreps_in, irreps_sh, irreps_out, instructions):
         x_off, s_off = irreps_in.slices(), irreps_sh.slices()
-        offset, offsets = 0, []
-        for ins in instructions:
-            offsets.append(offset)
-            offset += int(np.prod(ins.path_shape))
-        self.weight_numel = offset
+        offsets = np.cumsum([0] + [int(np.prod(ins.path_shape)) for ins in instructions])  # into radial_output
         # per output block: (mul_o, dim_o, [path]); path = (x slice, mul1, dim1, sh slice, mul2, dim2,
         # CG [dim1, dim2, dim_o] times the path coefficient, weight offset)
         self.groups = []
