@@ -380,6 +380,33 @@ def test_xla_layout_is_used_and_keeps_batch_dimensions():
                                atol=1e-5)
 
 
+@pytest.mark.parametrize("ls", [[3], [0, 1, 2, 3], [6, 4, 4, 0], list(range(7))], ids=str)
+@pytest.mark.parametrize("normalization", ["component", "integral", "norm"])
+def test_xla_column_formula_is_used_and_matches_reference(ls, normalization, monkeypatch):
+    # Degrees 3..6 under XLA take the per-column formula (Horner in Z, powers of
+    # X + iY by squaring); it must be taken, and agree with the reference on
+    # ordinary, zero, tiny, huge and NaN vectors, in float32 and float64.
+    import importlib
+
+    sh = importlib.import_module("tfequivariant.spherical_harmonics")
+    calls = []
+    original = sh._evaluate_by_column
+    monkeypatch.setattr(sh, "_evaluate_by_column", lambda *a: calls.append(a[3]) or original(*a))
+    d = random_vectors(40, seed=21)
+    special = np.array([[0.0, 0.0, 0.0], [1e-30, -2e-30, 3e-30], [3e30, 1e30, -2e30], [0.0, -1.0, 0.0], [0.0, 2.0, 0.0]])
+    for dtype, atol in [(tf.float32, 2e-5), (tf.float64, 1e-12)]:
+        x = np.concatenate([d, special]).astype(dtype.as_numpy_dtype)
+        fn = tf.function(lambda v: spherical_harmonics(ls, v, normalization=normalization), jit_compile=True)
+        got = fn(tf.constant(x)).numpy()
+        want = _reference_real_sh(ls, x.astype(np.float64), True, normalization)
+        np.testing.assert_allclose(got, want, atol=atol * max(1.0, np.abs(want).max()))
+        nan = tf.constant(np.array([[np.nan, 0.5, 1.0], [0.1, 0.2, 0.3]], dtype.as_numpy_dtype))
+        got, want = fn(nan).numpy(), spherical_harmonics(ls, nan, normalization=normalization).numpy()
+        np.testing.assert_array_equal(np.isnan(got), np.isnan(want))  # Y^0 stays a constant
+        assert np.isnan(got[0]).sum() == got.shape[1] - ls.count(0)
+    assert calls == [tuple(ls)] * 4  # traced once per dtype and input shape
+
+
 # --- equivariance: Y(R x) = D(R) Y(x) ------------------------------------------
 def test_equivariance_float64_all_degrees():
     irreps = Irreps.spherical_harmonics(LMAX)
