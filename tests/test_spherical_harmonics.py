@@ -380,18 +380,26 @@ def test_xla_layout_is_used_and_keeps_batch_dimensions():
                                atol=1e-5)
 
 
-@pytest.mark.parametrize("ls", [[3], [0, 1, 2, 3], [6, 4, 4, 0], list(range(7))], ids=str)
+@pytest.mark.parametrize(
+    "ls,path",
+    [([0, 1, 2], "_evaluate_broadcast"), ([2, 0, 2], "_evaluate_broadcast"), ([1], "_evaluate_broadcast"),
+     ([3], "_evaluate_by_column"), ([0, 1, 2, 3], "_evaluate_by_column"), ([6, 4, 4, 0], "_evaluate_by_column"),
+     (list(range(7)), "_evaluate_by_column")],
+    ids=str,
+)
 @pytest.mark.parametrize("normalization", ["component", "integral", "norm"])
-def test_xla_column_formula_is_used_and_matches_reference(ls, normalization, monkeypatch):
-    # Degrees 3..6 under XLA take the per-column formula (Horner in Z, powers of
-    # X + iY by squaring); it must be taken, and agree with the reference on
-    # ordinary, zero, tiny, huge and NaN vectors, in float32 and float64.
+def test_xla_fast_paths_are_used_and_match_reference(ls, path, normalization, monkeypatch):
+    # Under XLA, normalized harmonics of degree <= 2 are evaluated on coordinates
+    # broadcast to the output width, degrees 3..6 by the per-column formula
+    # (Horner in Z, powers of X + iY by squaring). The path must be taken, and
+    # agree with the reference on ordinary, zero, tiny, huge and NaN vectors, in
+    # float32 and float64.
     import importlib
 
     sh = importlib.import_module("tfequivariant.spherical_harmonics")
     calls = []
-    original = sh._evaluate_by_column
-    monkeypatch.setattr(sh, "_evaluate_by_column", lambda *a: calls.append(a[3]) or original(*a))
+    original = getattr(sh, path)
+    monkeypatch.setattr(sh, path, lambda *a: calls.append(a[3]) or original(*a))
     d = random_vectors(40, seed=21)
     special = np.array([[0.0, 0.0, 0.0], [1e-30, -2e-30, 3e-30], [3e30, 1e30, -2e30], [0.0, -1.0, 0.0], [0.0, 2.0, 0.0]])
     for dtype, atol in [(tf.float32, 2e-5), (tf.float64, 1e-12)]:

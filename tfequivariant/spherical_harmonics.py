@@ -403,33 +403,72 @@ def _blocks(x_, y_, z_, lmax, normalization):
 def _assemble(comps, like):
     """``[..., len(comps)]`` from components (tensors shaped like ``like``, or floats)."""
     ops = keras.ops
-    dim = len(comps)
-    dtype = like.dtype
-    if dim <= _ONE_HOT_MAX_COLUMNS and _in_xla_context():
-        eye = np.eye(dim)
-        constant = sum((c * eye[k] for k, c in enumerate(comps) if isinstance(c, float)), np.zeros(dim))
-        terms = [ops.expand_dims(c, -1) * ops.convert_to_tensor(eye[k], dtype)
-                 for k, c in enumerate(comps) if not isinstance(c, float)]
-        if not terms:
-            return ops.expand_dims(ops.ones_like(like), -1) * ops.convert_to_tensor(constant, dtype)
-        out = terms[0]
-        for t in terms[1:]:
-            out = out + t
-        if np.any(constant):
-            out = out + ops.convert_to_tensor(constant, dtype)
-        return out
+    if len(comps) <= _ONE_HOT_MAX_COLUMNS and _in_xla_context():
+        return _one_hot_sum(comps, like, expand=True)
     comps = [ops.full_like(like, c) if isinstance(c, float) else c for c in comps]
     return ops.stack(comps, axis=-1)
 
 
+def _one_hot_sum(comps, like, expand):
+    """``sum_k comps[k] * e_k``: ``[..., dim]`` in one fused XLA loop.
+
+    ``comps`` are tensors shaped like ``like`` (``expand=True``: ``[...]``, each
+    broadcast along a new last axis; ``expand=False``: already ``[..., dim]``) or
+    floats (constant columns). Constant columns stay constant for NaN input, as
+    with ``stack`` (a NaN times a zero of the one-hot row would spread).
+    """
+    ops = keras.ops
+    dim = len(comps)
+    dtype = like.dtype
+    eye = np.eye(dim)
+    is_constant = np.array([isinstance(c, float) for c in comps])
+    constant = np.array([c if isinstance(c, float) else 0.0 for c in comps])
+    out = None
+    for k, c in enumerate(comps):
+        if not is_constant[k]:
+            term = (ops.expand_dims(c, -1) if expand else c) * ops.convert_to_tensor(eye[k], dtype)
+            out = term if out is None else out + term
+    if out is None:
+        base = ops.expand_dims(ops.ones_like(like), -1) if expand else ops.ones_like(like)
+        return base * ops.convert_to_tensor(constant, dtype)
+    if is_constant.any():
+        out = ops.where(ops.convert_to_tensor(is_constant), ops.convert_to_tensor(constant, dtype), out)
+    return out
+
+
 def _evaluate(x, ls, normalize, normalization):
     x_, y_, z_ = x[..., 0], x[..., 1], x[..., 2]
+    if normalize and _in_xla_context():
+        if max(ls) < _TABLE_MIN_DEGREE:
+            return _evaluate_broadcast(x_, y_, z_, ls, normalization)
+        if max(ls) <= _TABLE_MAX_DEGREE:
+            return _evaluate_by_column(*_unit_vectors(x_, y_, z_)[:3], ls, normalization)
     if normalize:
         x_, y_, z_, _ = _unit_vectors(x_, y_, z_)
-        if _TABLE_MIN_DEGREE <= max(ls) <= _TABLE_MAX_DEGREE and _in_xla_context():
-            return _evaluate_by_column(x_, y_, z_, ls, normalization)
     blocks = _blocks(x_, y_, z_, max(ls), normalization)
     return _assemble([c for l in ls for c in blocks[l]], x_)
+
+
+def _evaluate_broadcast(x_, y_, z_, ls, normalization):
+    """XLA, degrees <= 2: the coordinates broadcast to ``[..., dim]`` first.
+
+    Normalizing ``[...]`` vectors made XLA run four loops over the input (the
+    scaled coordinates and ``1/|x|`` are each used by several columns, and XLA
+    does not repeat such work per element); on ``[..., dim]`` every value has
+    one user and the whole evaluation is one fused loop that recomputes the
+    cheap normalization per column. Measured on a 2-core CPU, 1M float32
+    vectors, lmax 2, interleaved in one process: 7.8 vs 12.5 ms (tcmalloc),
+    20.2 vs 23.5 ms (glibc malloc). From degree 3 on, with the per-column
+    formula, the repeated work costs as much as the loops save or more (lmax 3
+    12.9 vs 14.2 ms in one process, no difference in the benchmark; lmax 4 20.4
+    vs 18.0 ms).
+    """
+    dim = sum(2 * l + 1 for l in ls)
+    ones = keras.ops.ones((dim,), x_.dtype)
+    xb, yb, zb = (keras.ops.expand_dims(v, -1) * ones for v in (x_, y_, z_))
+    xb, yb, zb, _ = _unit_vectors(xb, yb, zb)
+    blocks = _blocks(xb, yb, zb, max(ls), normalization)
+    return _one_hot_sum([c for l in ls for c in blocks[l]], xb, expand=False)
 
 
 # -- one formula for every output column (XLA, unit vectors) -------------------------
