@@ -280,19 +280,22 @@ _RESCALE = {"float32": (2.0**60, 2.0**-100), "float64": (2.0**500, 2.0**-600)}
 def _unit_vectors(x, y, z):
     """``(x, y, z) / |(x, y, z)|``, safe for every finite input.
 
-    Vectors whose squared norm would overflow or underflow are first scaled by
-    a power of two (a multiplication, where dividing by the largest component
-    would cost a division per vector, which dominates under XLA); exact zero
-    vectors stay zero with finite gradients; NaN propagates.
+    Vectors whose squared norm leaves the normal range (it overflows, or it is
+    so small that it lost precision or underflowed to zero) are first scaled by
+    a power of two, exact in binary floating point; the test is on ``|x|^2``
+    itself, which the common case needs anyway (a division per vector, or the
+    largest component first, cost more under XLA). Exact zero vectors stay zero
+    with finite gradients; NaN propagates.
     """
     ops = keras.ops
     dtype = keras.backend.standardize_dtype(x.dtype)
     threshold, factor = _RESCALE[dtype]
-    big = ops.maximum(ops.maximum(ops.abs(x), ops.abs(y)), ops.abs(z))
-    scale = ops.where(big > threshold, factor, ops.where((big < 1 / threshold) & (big > 0), 1 / factor, 1.0))
-    scale = ops.cast(scale, dtype)
-    x, y, z = x * scale, y * scale, z * scale
     r2 = x * x + y * y + z * z
+    normal = (r2 < threshold * threshold) & (r2 > 1 / (threshold * threshold))
+    down, up, one = (ops.convert_to_tensor(np.array(v, dtype)) for v in (factor, 1 / factor, 1.0))
+    scale = ops.where(normal, one, ops.where(r2 >= threshold * threshold, down, up))
+    x, y, z = x * scale, y * scale, z * scale
+    r2 = ops.where(normal, r2, x * x + y * y + z * z)
     inv = ops.rsqrt(ops.where(r2 == 0, ops.ones_like(r2), r2))  # r2 == 0 only for the zero vector
     return x * inv, y * inv, z * inv, scale * inv
 
@@ -438,11 +441,8 @@ def _one_hot_sum(comps, like, expand):
 
 def _evaluate(x, ls, normalize, normalization):
     x_, y_, z_ = x[..., 0], x[..., 1], x[..., 2]
-    if normalize and _in_xla_context():
-        if max(ls) < _TABLE_MIN_DEGREE:
-            return _evaluate_broadcast(x_, y_, z_, ls, normalization)
-        if max(ls) <= _TABLE_MAX_DEGREE:
-            return _evaluate_by_column(*_unit_vectors(x_, y_, z_)[:3], ls, normalization)
+    if normalize and max(ls) <= _TABLE_MAX_DEGREE and _in_xla_context():
+        return _evaluate_broadcast(x_, y_, z_, ls, normalization)
     if normalize:
         x_, y_, z_, _ = _unit_vectors(x_, y_, z_)
     blocks = _blocks(x_, y_, z_, max(ls), normalization)
@@ -450,23 +450,25 @@ def _evaluate(x, ls, normalize, normalization):
 
 
 def _evaluate_broadcast(x_, y_, z_, ls, normalization):
-    """XLA, degrees <= 2: the coordinates broadcast to ``[..., dim]`` first.
+    """XLA, unit vectors, degrees <= 6: the coordinates broadcast to ``[..., dim]`` first.
 
     Normalizing ``[...]`` vectors made XLA run four loops over the input (the
-    scaled coordinates and ``1/|x|`` are each used by several columns, and XLA
-    does not repeat such work per element); on ``[..., dim]`` every value has
-    one user and the whole evaluation is one fused loop that recomputes the
-    cheap normalization per column. Measured on a 2-core CPU, 1M float32
-    vectors, lmax 2, interleaved in one process: 7.8 vs 12.5 ms (tcmalloc),
-    20.2 vs 23.5 ms (glibc malloc). From degree 3 on, with the per-column
-    formula, the repeated work costs as much as the loops save or more (lmax 3
-    12.9 vs 14.2 ms in one process, no difference in the benchmark; lmax 4 20.4
-    vs 18.0 ms).
+    scaled coordinates and ``1/|x|`` each have several users, and XLA does not
+    repeat such work per element); on ``[..., dim]`` every value has one user and
+    the whole evaluation is one fused loop that recomputes the cheap
+    normalization per column. Degrees <= 2 then sum the hand-written components
+    times one-hot rows, higher degrees use the per-column formula below.
+    Measured on a 2-core CPU, 1M float32 vectors, interleaved in one process:
+    lmax 2 7.8 vs 12.5 ms (tcmalloc) and 20.2 vs 23.5 ms (glibc malloc); lmax 3
+    (with the ``|x|^2`` test of ``_unit_vectors``) 14.0 vs 17.6 ms and 37.7 vs
+    41.5 ms; lmax 4 and 6 within 3 %.
     """
     dim = sum(2 * l + 1 for l in ls)
     ones = keras.ops.ones((dim,), x_.dtype)
     xb, yb, zb = (keras.ops.expand_dims(v, -1) * ones for v in (x_, y_, z_))
     xb, yb, zb, _ = _unit_vectors(xb, yb, zb)
+    if max(ls) >= _TABLE_MIN_DEGREE:
+        return _evaluate_by_column(xb, yb, zb, ls, normalization)
     blocks = _blocks(xb, yb, zb, max(ls), normalization)
     return _one_hot_sum([c for l in ls for c in blocks[l]], xb, expand=False)
 
@@ -523,7 +525,7 @@ def _column_tables(ls, normalization):
 
 
 def _evaluate_by_column(x_, y_, z_, ls, normalization):
-    """``[..., C]`` harmonics of the unit vectors (x_, y_, z_) (zero vectors allowed)."""
+    """``[..., C]`` harmonics of unit vectors (zero vectors allowed), coordinates ``[..., C]``."""
     ops = keras.ops
     dtype = x_.dtype
     horner, bits, use_re, use_im, degree0 = _column_tables(tuple(ls), normalization)
@@ -532,7 +534,7 @@ def _evaluate_by_column(x_, y_, z_, ls, normalization):
         return ops.convert_to_tensor(v, dtype)
 
     # e3nn's point (x, y, z) is the textbook point (X, Y, Z) = (z, x, y).
-    X, Y, Z = (ops.expand_dims(v, -1) for v in (z_, x_, y_))
+    X, Y, Z = z_, x_, y_
     # The zero vector (r^2 = 0 exactly) has Y^0 and zeros: the constant term of H_c
     # (a multiple of r^l) is kept only for l = 0 there; every other term has a factor
     # X, Y or Z.
