@@ -8,7 +8,10 @@ the permuted point ``(z, x, y)``: the polar (m = 0) axis is y and
 Degrees 0-2 are hand-written polynomials; higher degrees use the
 three-term recursion of the fully normalized associated Legendre functions
 times the Cartesian ``Re/Im (X + iY)^m`` polynomials: no trigonometric
-functions, stable to at least l = 16 in float32.
+functions, stable to at least l = 16 in float32. Under XLA, normalized
+harmonics up to degree 6 are laid out for one fused loop per call (see
+``_evaluate_broadcast``); degrees 3-6 there use the same polynomials with the
+recursion unrolled into per-column Horner coefficients.
 """
 
 import functools
