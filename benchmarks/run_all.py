@@ -25,6 +25,7 @@ Usage:
     python benchmarks/run_all.py                        # full sizes (long: an hour or more on 2 cores)
     python benchmarks/run_all.py --quick --no-e3nn      # smoke run, a few minutes
     python benchmarks/run_all.py --only conv --nodes 500 --reps 5 --markdown /tmp/conv.md
+    python benchmarks/run_all.py --out-dir runs/today --reuse conv attention   # rerun sh only
     LD_PRELOAD=/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4 \\
         python benchmarks/run_all.py --markdown /tmp/summary_tcmalloc.md
 
@@ -36,6 +37,11 @@ numbers say nothing about performance. The size options (``--n``, ``--lmax``,
 ``--nodes``, ``--reps``, ``--warmup``) and the raw pass-through strings
 (``--sh-args``, ``--conv-args``, ``--attention-args``) are appended after the
 ``--quick`` settings, so they override them.
+
+``--reuse NAME ...`` takes those benchmarks' results from the JSON an earlier run
+left in ``--out-dir`` instead of running them again (to rerun one benchmark that
+failed or was disturbed and still print the one table); the table's notes and the
+markdown say which results were reused and when their JSON was written.
 """
 
 import argparse
@@ -245,8 +251,8 @@ def summary_rows(outcomes, strict=False):
     return rows, notes
 
 
-def format_summary(rows, notes, e3nn_skipped=False):
-    """The table (markdown) and the lines under it."""
+def format_summary(rows, notes, e3nn_skipped=False, reused=None):
+    """The table (markdown) and the lines under it (``reused``: name -> where its JSON came from)."""
     lines = [_common.markdown_table(HEADER, rows), ""]
     lines.append("Medians in ms (* = fewer timed calls than asked: time budget). Ratio: tfequivariant's best "
                  "mode / e3nn's best mode, below 1 means tfequivariant is faster. Peak: resident memory of "
@@ -255,6 +261,8 @@ def format_summary(rows, notes, e3nn_skipped=False):
                  "(forward+backward = 3x forward) over the median, as each benchmark defines them.")
     if e3nn_skipped:
         lines.append("e3nn skipped (--no-e3nn).")
+    if reused:
+        lines += ["", "Reused from an earlier run (--reuse):"] + [f"- {n}: {w}" for n, w in reused.items()]
     if notes:
         lines += ["", "Failures:"] + [f"- {n}" for n in notes]
     return "\n".join(lines)
@@ -407,6 +415,9 @@ def main(argv=None):
     parser.add_argument("--timeout", type=float, default=None, metavar="SECONDS",
                         help=f"kill a benchmark after this long (default: none; {QUICK_TIMEOUT_S:.0f} with --quick)")
     parser.add_argument("--out-dir", help="keep each benchmark's JSON and console log here (default: a new temp dir)")
+    parser.add_argument("--reuse", nargs="+", default=[], metavar="NAME",
+                        help="take these benchmarks' results from the JSON of an earlier run in --out-dir "
+                             "instead of running them (sh, conv, attention)")
     parser.add_argument("--markdown", metavar="FILE",
                         help="also write the table with date, machine, allocator and load averages to FILE")
     parser.add_argument("--verbose", action="store_true", help="echo the benchmarks' own output while they run")
@@ -415,6 +426,18 @@ def main(argv=None):
         args.only = _parse_only(args.only) if args.only else list(BENCHMARKS)
     except argparse.ArgumentTypeError as e:
         parser.error(str(e))
+    try:
+        args.reuse = _parse_only(args.reuse) if args.reuse else []
+    except argparse.ArgumentTypeError as e:
+        parser.error(str(e).replace("--only", "--reuse"))
+    if args.reuse and not args.out_dir:
+        parser.error(f"--reuse needs the --out-dir of the earlier run. Received: --reuse {' '.join(args.reuse)}")
+    for name in args.reuse:
+        path = os.path.join(args.out_dir, f"{name}.json")
+        if name not in args.only:
+            parser.error(f"--reuse {name}: {name} is not among the benchmarks to report (--only {' '.join(args.only)})")
+        if not os.path.exists(path):
+            parser.error(f"--reuse {name}: no earlier result at {path}")
     timeout = args.timeout if args.timeout is not None else (QUICK_TIMEOUT_S if args.quick else None)
     if timeout is not None and timeout <= 0:
         timeout = None
@@ -425,10 +448,20 @@ def main(argv=None):
     t_start = time.time()
     print(f"[run_all] {date_start}; load average {load_before}; JSON and logs in {out_dir}", flush=True)
 
-    outcomes, commands, interrupted = {}, {}, False
+    outcomes, commands, interrupted, reused = {}, {}, False, {}
     for name, cmd in build_commands(args).items():
         json_path = os.path.join(out_dir, f"{name}.json")
         log_path = os.path.join(out_dir, f"{name}.log")
+        if name in args.reuse:
+            written = datetime.datetime.fromtimestamp(os.path.getmtime(json_path), datetime.timezone.utc)
+            reused[name] = f"{json_path} (written {written:%Y-%m-%d %H:%M} UTC)"
+            try:
+                with open(json_path) as f:
+                    outcomes[name] = {"data": json.load(f), "log": log_path}
+            except ValueError as e:
+                outcomes[name] = {"error": f"reused JSON is unreadable: {type(e).__name__}: {e}"}
+            print(f"[run_all] {name}: reused {reused[name]}", flush=True)
+            continue
         cmd = cmd + ["--json", json_path]
         commands[name] = cmd
         if interrupted:
@@ -452,7 +485,7 @@ def main(argv=None):
 
     load_after = [round(v, 2) for v in os.getloadavg()]
     rows, notes = summary_rows(outcomes)
-    summary = format_summary(rows, notes, e3nn_skipped=args.no_e3nn)
+    summary = format_summary(rows, notes, e3nn_skipped=args.no_e3nn, reused=reused)
     print()
     print(summary)
     print(f"\nload average (1, 5, 15 min): before {load_before}, after {load_after}; "

@@ -6,6 +6,7 @@ slow test runs ``run_all.py --quick --no-e3nn`` end to end (a few minutes).
 """
 
 import argparse
+import json
 import os
 import re
 import subprocess
@@ -191,6 +192,28 @@ def test_commands_quick_no_e3nn_and_overrides():
     assert "--no-e3nn" in cmds["conv"] and cmds["conv"][-2:] == ["--si-modes", "xla"]
     assert "--torch-modes" not in sh and "--e3nn-modes" not in cmds["conv"] + cmds["attention"]
     assert cmds["attention"][cmds["attention"].index("--nodes") + 1] == "60"
+
+
+def test_reuse_rebuilds_the_table_from_earlier_json(tmp_path, capsys):
+    # --reuse runs nothing for those benchmarks: the table comes from the JSON in --out-dir.
+    for name, data in (("sh", SH), ("conv", CONV), ("attention", ATTENTION)):
+        (tmp_path / f"{name}.json").write_text(json.dumps(data))
+    md = tmp_path / "summary.md"
+    rc = run_all.main(["--out-dir", str(tmp_path), "--reuse", "sh", "conv,attention", "--markdown", str(md)])
+    out = capsys.readouterr().out
+    assert rc == 0
+    assert "reused " + str(tmp_path / "sh.json") in out and "bench_" not in out.split("| workload")[0]
+    rows = _rows_by_key(run_all.summary_rows({"sh": {"data": SH}, "conv": {"data": CONV},
+                                              "attention": {"data": ATTENTION}})[0])
+    assert all(f"| {w}" in out for w, _ in rows)
+    text = md.read_text()
+    assert "Reused from an earlier run (--reuse):" in text and "attention.json (written " in text
+    with pytest.raises(SystemExit):
+        run_all.main(["--reuse", "sh"])  # no --out-dir
+    with pytest.raises(SystemExit):
+        run_all.main(["--out-dir", str(tmp_path / "empty"), "--reuse", "sh"])  # no earlier JSON
+    err = capsys.readouterr().err
+    assert "--reuse needs the --out-dir" in err and "no earlier result at" in err
 
 
 def test_run_benchmark_failure_reasons(tmp_path):
