@@ -162,18 +162,11 @@ def _harmonics_recursive(x, y, z, r2, lmax, scales):
     """
     # e3nn's point (x, y, z) is the textbook point (X, Y, Z) = (z, x, y).
     X, Y, Z = z, x, y
-    diag, c1, a, b = _legendre_coefficients(lmax)
     A, B = [1.0], [0.0]  # Re / Im (X + iY)^m
     for m in range(1, lmax + 1):
         A.append(_sub(_mul(X, A[m - 1]), _mul(Y, B[m - 1])))
         B.append(_add(_mul(X, B[m - 1]), _mul(Y, A[m - 1])))
-    q = [[None] * (lmax + 1) for _ in range(lmax + 1)]  # q[l][m]
-    for m in range(lmax + 1):
-        q[m][m] = diag[m]
-        if m + 1 <= lmax:
-            q[m + 1][m] = _mul(c1[m] * diag[m], Z)
-        for l in range(m + 2, lmax + 1):
-            q[l][m] = _sub(_mul(a[l, m], _mul(Z, q[l - 1][m])), _mul(b[l, m], _mul(r2, q[l - 2][m])))
+    q = _legendre_q(Z, r2, lmax)
     s2 = math.sqrt(2.0)
     out = []
     for l in range(lmax + 1):
@@ -186,6 +179,21 @@ def _harmonics_recursive(x, y, z, r2, lmax, scales):
                 comps.append(_mul(_mul(s2 * scales[l], q[l][abs(m)]), ab))
         out.append(comps)
     return out
+
+
+def _legendre_q(Z, r2, lmax):
+    """``q[l][m] = N_lm Q_l^m`` for ``0 <= m <= l <= lmax`` by the recursion of
+    ``_legendre_coefficients``; ``Z`` and ``r2`` are tensors, floats or NumPy
+    polynomials (any operands of ``_mul`` / ``_sub``)."""
+    diag, c1, a, b = _legendre_coefficients(lmax)
+    q = [[None] * (lmax + 1) for _ in range(lmax + 1)]
+    for m in range(lmax + 1):
+        q[m][m] = diag[m]
+        if m + 1 <= lmax:
+            q[m + 1][m] = _mul(c1[m] * diag[m], Z)
+        for l in range(m + 2, lmax + 1):
+            q[l][m] = _sub(_mul(a[l, m], _mul(Z, q[l - 1][m])), _mul(b[l, m], _mul(r2, q[l - 2][m])))
+    return q
 
 
 def _to_tensor(x):
@@ -505,21 +513,16 @@ def _column_tables(ls, normalization):
     ``[C]`` which part of ``(X + iY)^|m|`` column c takes, ``degree0 [C]`` 1 for l = 0.
     """
     lmax = max(ls)
-    diag, c1, a, b = _legendre_coefficients(lmax)
     poly = np.polynomial.Polynomial
-    q = [[None] * (lmax + 1) for _ in range(lmax + 1)]  # q[l][m](Z) with r^2 = 1
-    for m in range(lmax + 1):
-        q[m][m] = poly([diag[m]])
-        if m + 1 <= lmax:
-            q[m + 1][m] = poly([0.0, c1[m] * diag[m]])
-        for l in range(m + 2, lmax + 1):
-            q[l][m] = a[l, m] * poly([0.0, 1.0]) * q[l - 1][m] - b[l, m] * q[l - 2][m]
+    q = _legendre_q(poly([0.0, 1.0]), 1.0, lmax)  # q[l][m](Z) with r^2 = 1 (q[m][m] a float)
     columns = [(l, m) for l in ls for m in range(-l, l + 1)]
     horner = np.zeros((lmax + 1, len(columns)))
     bits = np.zeros((max(1, lmax.bit_length()), len(columns)))
     use_re, use_im, degree0 = (np.zeros(len(columns)) for _ in range(3))
     for c, (l, m) in enumerate(columns):
-        coef = q[l][abs(m)].coef * _scale(l, "integral", normalization) * (math.sqrt(2.0) if m else 1.0)
+        qlm = q[l][abs(m)]
+        coef = (qlm if isinstance(qlm, poly) else poly([qlm])).coef
+        coef = coef * _scale(l, "integral", normalization) * (math.sqrt(2.0) if m else 1.0)
         horner[: len(coef), c] = coef
         for k in range(len(bits)):
             bits[k, c] = (abs(m) >> k) & 1
