@@ -260,8 +260,9 @@ def _assert_close(got, expected, rel, what=""):
         (dict(max_neighbors=MAX_IN_DEGREE), _graph(edge_mask=(np.arange(12) % 5 != 0).astype("float32"),
                                                    edge_attr=_rng(4).normal(size=(12, 2)).astype("float32"))),
         (dict(implementation="per_edge"), _graph(edge_shifts=_rng(5).normal(size=(12, 3)).astype("float32"))),
+        (dict(max_neighbors=MAX_IN_DEGREE, node_chunk=2), _graph()),
     ],
-    ids=["per_node-mask-attr", "per_edge-shifts"],
+    ids=["per_node-mask-attr", "per_edge-shifts", "per_node-node_chunk"],
 )
 def test_check_layer(init_kwargs, graph):
     kwargs = dict(irreps_in="3x0e+2x1o+1x2e", irreps_out="2x0e+2x1o+1x1e+1x2e", irreps_sh=2,
@@ -348,6 +349,9 @@ def test_tfn_stack_equivariant(dtype):
 DENSE_CASES = {
     "per_node": dict(implementation="per_node"),
     "per_node-max_neighbors": dict(implementation="per_node", max_neighbors=MAX_IN_DEGREE + 2),
+    # 7 nodes in blocks of 3: three blocks, the last one padded with two empty rows
+    "per_node-node_chunk-3": dict(implementation="per_node", node_chunk=3),
+    "per_node-node_chunk-1-max_neighbors": dict(implementation="per_node", node_chunk=1, max_neighbors=MAX_IN_DEGREE),
     "per_edge": dict(implementation="per_edge"),
     "per_node-sh-0-2": dict(implementation="per_node", irreps_sh="1x0e+1x2e"),
     "per_edge-sh-3-no-si": dict(implementation="per_edge", irreps_sh=3, self_interaction=False),
@@ -645,6 +649,102 @@ def test_implementations_agree_float32():
     b(features, graph)
     b.set_weights(a.get_weights())
     _assert_close(a(features, graph), b(features, graph), 1e-5)
+
+
+# ==================================================================================
+# 5b. Node blocks (node_chunk): the same function, blocks of receivers one after another
+# ==================================================================================
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_node_chunk_equivariant(dtype):
+    graph = _graph(dtype, edge_mask=(np.arange(12) % 4 != 1).astype(dtype))
+    layer = _built(_conv(dtype=dtype, node_chunk=3), _features(dtype=dtype), graph)
+
+    def conv(features, positions):
+        return layer(features, {**graph, "positions": positions})
+
+    args = [_features(dtype=dtype, seed=2), graph["positions"]]
+    assert_equivariant(conv, [IRREPS_IN, CARTESIAN_POINTS], IRREPS_OUT, args_in=args, dtype=dtype)
+
+
+def _value_and_grads(layer, features, graph, cotangent, mode):
+    def f(features, positions):
+        with tf.GradientTape() as tape:
+            tape.watch([features, positions])
+            out = layer(features, {**graph, "positions": positions})
+            loss = tf.reduce_sum(out * cotangent)
+        grads = tape.gradient(loss, [features, positions] + list(layer.trainable_weights))
+        return [out] + [tf.convert_to_tensor(g) for g in grads]
+
+    if mode != "eager":
+        f = tf.function(f, jit_compile=mode == "xla")
+    return [_np(x) for x in f(tf.constant(features), tf.constant(graph["positions"]))]
+
+
+@pytest.mark.parametrize("node_chunk, mode", [(3, "eager"), (6, "function"), (3, "xla")])
+def test_node_chunk_equals_one_block_with_gradients(node_chunk, mode):
+    """Output and every gradient (features, positions, all weights) equal the unblocked layer's.
+
+    Smaller irreps than elsewhere (a few paths of each kind): tracing the blocked gradient is slow.
+    """
+    rng = _rng(8)
+    graph = _graph("float64", edge_mask=(np.arange(12) % 5 != 0).astype("float64"),
+                   edge_attr=rng.normal(size=(12, 2)), edge_shifts=rng.normal(size=(12, 3)))
+    irreps_in, irreps_out = "2x0e+1x1o+1x2e", "1x0e+2x1o+1x2e"
+    features = _features(irreps_in, dtype="float64", seed=2)
+    plain = _built(_conv(irreps_in, irreps_out, max_neighbors=MAX_IN_DEGREE), features, graph)
+    blocked = _conv(irreps_in, irreps_out, max_neighbors=MAX_IN_DEGREE, node_chunk=node_chunk)
+    blocked(features, graph)
+    blocked.set_weights(plain.get_weights())
+    cotangent = rng.normal(size=(NUM_NODES, Irreps(irreps_out).dim))
+    expected = _value_and_grads(plain, features, graph, cotangent, "eager")
+    got = _value_and_grads(blocked, features, graph, cotangent, mode)
+    assert len(got) == len(expected) == 2 + 1 + len(plain.trainable_weights)
+    for i, (a, b) in enumerate(zip(got, expected)):
+        _assert_close(a, b, 1e-10, f"output/gradient {i}")
+        assert np.abs(b).max() > 0, f"gradient {i} is zero: the comparison would not test it"
+
+
+def test_node_chunk_with_unknown_number_of_nodes():
+    """A graph whose node count is only known at run time (SavedModel-style signature)."""
+    graph, features = _graph("float64"), _features(dtype="float64", seed=2)
+    plain = _built(_conv(), features, graph)
+    blocked = _conv(node_chunk=2)
+    blocked(features, graph)
+    blocked.set_weights(plain.get_weights())
+    spec = dict(positions=tf.TensorSpec([None, 3], "float64"), senders=tf.TensorSpec([None], "int32"),
+                receivers=tf.TensorSpec([None], "int32"))
+
+    @tf.function(input_signature=[tf.TensorSpec([None, Irreps(IRREPS_IN).dim], "float64"), spec])
+    def f(features, graph):
+        return blocked(features, graph)
+
+    g = {k: graph[k] for k in spec}
+    _assert_close(f(features, g), plain(features, graph), 1e-12)
+    # fewer nodes than one block, and exactly one block
+    for n in (1, 2):
+        sub = dict(positions=graph["positions"][:n], senders=np.zeros(1, "int32"), receivers=np.full(1, n - 1, "int32"))
+        _assert_close(f(features[:n], sub), plain(features[:n], sub), 1e-12)
+
+
+def test_node_chunk_second_order_gradients_are_not_supported():
+    """Documented limit: recompute_grad has no gradient of its gradient (forces in the loss)."""
+    graph, features = _graph("float64"), _features(dtype="float64", seed=2)
+    layer = _built(_conv(node_chunk=3), features, graph)
+    positions = tf.constant(graph["positions"])
+    with pytest.raises(NotImplementedError, match="recompute_grad"):
+        with tf.GradientTape() as outer:
+            with tf.GradientTape() as inner:
+                inner.watch(positions)
+                energy = tf.reduce_sum(layer(features, {**graph, "positions": positions})[:, :2] ** 2)
+            forces = tf.convert_to_tensor(inner.gradient(energy, positions))
+            loss = tf.reduce_sum(forces**2)
+        outer.gradient(loss, layer.trainable_weights)
+
+
+@pytest.mark.parametrize("bad", [0, -2, 2.5, True, "4"])
+def test_bad_node_chunk_raises(bad):
+    with pytest.raises(ValueError, match="node_chunk"):
+        _conv(node_chunk=bad)
 
 
 # ==================================================================================

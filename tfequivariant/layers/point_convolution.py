@@ -65,6 +65,14 @@ class PointConvolution(EdgeFilterLayer):
             every node must receive at most ``K`` edges). Default None: the
             largest in-degree, computed at run time.
         implementation: ``"per_node"`` (default) or ``"per_edge"``.
+        node_chunk: ``"per_node"`` only: process the receivers in blocks of this many
+            nodes, one block after another (``tf.map_fn``), and recompute each block's
+            products in the backward pass (``tf.recompute_grad``) instead of keeping them.
+            Memory then grows with ``node_chunk * K`` instead of ``N * K``: what lets
+            graphs of 100k nodes (3.2M edges) train on 24 GB. Same numbers as without
+            blocks; a graph of at most ``node_chunk`` nodes (known statically) takes the
+            unblocked path. Gradients of gradients (e.g. forces in the loss) are not
+            supported through blocks: leave it None (default) for those.
         **kwargs: base ``Layer`` arguments.
 
     Call arguments:
@@ -104,6 +112,7 @@ class PointConvolution(EdgeFilterLayer):
         self_interaction=True,
         max_neighbors=None,
         implementation="per_node",
+        node_chunk=None,
         **kwargs,
     ):
         super().__init__(
@@ -131,6 +140,7 @@ class PointConvolution(EdgeFilterLayer):
                 f"implementation must be one of {_IMPLEMENTATIONS}. Received: implementation={implementation!r}"
             )
         self.implementation = implementation
+        self.node_chunk = None if node_chunk is None else check_positive_int(node_chunk, "node_chunk")
         instructions = fully_connected_instructions(self.irreps_in, self.irreps_sh, self.irreps_out)
         reached = {ins[2] for ins in instructions}
         missing = [str(self.irreps_out[i]) for i in range(len(self.irreps_out)) if i not in reached]
@@ -163,15 +173,42 @@ class PointConvolution(EdgeFilterLayer):
         senders = tf.concat([tf.cast(graph["senders"], "int32"), tf.reshape(tf.cast(n, "int32"), (1,))], axis=0)
         sender_slots = tfe_ops.gather(senders, slots)  # [N, K], empty slots -> the zero row N
 
-        def padded(rows, index):  # [N, K, C] with zeros in empty slots
-            zero = tf.zeros(tf.stack([1, tf.shape(rows)[1]]), rows.dtype)  # rows may be empty or of unknown width
-            return tfe_ops.gather(tf.concat([rows, zero], axis=0), index)
+        def with_zero_row(rows):
+            # tf.pad, not a concat with a zero row: the gradient of a gather is IndexedSlices, which
+            # concat's gradient splits with tf.where, and XLA's bounds analysis of that Where took
+            # minutes at 10k nodes (pad's gradient makes the slices dense instead)
+            return tf.pad(rows, [[0, 1], [0, 0]])
 
-        features_t = tf.transpose(padded(features, sender_slots), (0, 2, 1))  # [N, D, K]
-        sh_t = tf.transpose(padded(sh, slots), (0, 2, 1))
-        return per_node_convolution(
-            self._plan, features_t, sh_t, padded(h, slots), self.radial_output, self.compute_dtype
+        features, sh, h = with_zero_row(features), with_zero_row(sh), with_zero_row(h)
+        w = tf.cast(self.radial_output, self.compute_dtype)
+
+        def block(x, y, hh, w):  # [C, K, D] padded rows -> [C, irreps_out.dim]
+            return per_node_convolution(
+                self._plan, tf.transpose(x, (0, 2, 1)), tf.transpose(y, (0, 2, 1)), hh, w, self.compute_dtype
+            )
+
+        chunk = self.node_chunk
+        if chunk is None or (slots.shape[0] is not None and slots.shape[0] <= chunk):
+            return block(tfe_ops.gather(features, sender_slots), tfe_ops.gather(sh, slots), tfe_ops.gather(h, slots), w)
+        # node blocks of `chunk` receivers, one after the other; the backward pass recomputes
+        # each block's products instead of keeping them, so memory is O(chunk * K)
+        num_blocks = (n + chunk - 1) // chunk
+        pad = num_blocks * chunk - n
+        empty_edge = tf.shape(sh)[0] - 1
+        slots = tf.pad(slots, [[0, pad], [0, 0]], constant_values=empty_edge)
+        sender_slots = tf.pad(sender_slots, [[0, pad], [0, 0]], constant_values=n)
+
+        def blocks(rows, index):  # [num_blocks, chunk, K, D]
+            padded = tfe_ops.gather(rows, index)
+            return tf.reshape(padded, tf.concat([[num_blocks, chunk], tf.shape(padded)[1:]], axis=0))
+
+        recomputed = tf.recompute_grad(block)
+        out = tf.map_fn(
+            lambda e: recomputed(e[0], e[1], e[2], w),
+            (blocks(features, sender_slots), blocks(sh, slots), blocks(h, slots)),
+            fn_output_signature=self.compute_dtype,
         )
+        return tf.reshape(out, (-1, self.irreps_out.dim))[:n]
 
     def _per_edge(self, features, graph, sh, h):
         ops = keras.ops
@@ -222,4 +259,5 @@ class PointConvolution(EdgeFilterLayer):
             "self_interaction": self.self_interaction,
             "max_neighbors": self.max_neighbors,
             "implementation": self.implementation,
+            "node_chunk": self.node_chunk,
         }
