@@ -179,7 +179,7 @@ def _measure(build_step, warmup, reps, budget_s):
 
 
 # -- TensorFlow side -----------------------------------------------------------------
-def _tf_layer(implementation, self_interaction, max_neighbors):
+def _tf_layer(implementation, self_interaction, max_neighbors, node_chunk=None):
     import keras
 
     from tfequivariant.layers import PointConvolution
@@ -198,6 +198,7 @@ def _tf_layer(implementation, self_interaction, max_neighbors):
         self_interaction=self_interaction,
         max_neighbors=max_neighbors,
         implementation=implementation,
+        node_chunk=node_chunk,
     )
 
 
@@ -238,7 +239,7 @@ def tf_worker(cfg):
 
     def build_step():
         graph, features, cotangent = _tf_inputs(g)
-        layer = _tf_layer(cfg["impl"], cfg["si"], k)
+        layer = _tf_layer(cfg["impl"], cfg["si"], k, cfg.get("node_chunk"))
         layer(features[:2], {"positions": graph["positions"][:2], "senders": tf.constant([0], tf.int32),
                              "receivers": tf.constant([1], tf.int32)})
         fn = _tf_steps(layer, graph, cotangent, cfg["mode"], cfg["pass"])

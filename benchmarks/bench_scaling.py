@@ -9,8 +9,9 @@ constant within 25 % from the smallest size to the largest.
 
 Configurations (each size, forward and forward+backward):
 
-* ``conv tfe per_node xla``: ``PointConvolution(implementation="per_node",
-  max_neighbors=<largest in-degree>)`` under ``tf.function(jit_compile=True)``;
+* ``conv tfe per_node xla node_chunk=500``: ``PointConvolution(implementation="per_node",
+  max_neighbors=<largest in-degree>, node_chunk=500)`` under ``tf.function(jit_compile=True)``
+  (receivers in blocks of 500, recomputed in the backward pass, so memory stays linear);
 * ``conv tfe per_edge function``: the per-edge formulation under ``tf.function``
   (it materializes ``[E, 3456]`` tensor-product weights: it stops fitting first);
 * ``conv e3nn compile``: e3nn's convolution (``bench_point_convolution._e3nn_module``)
@@ -91,14 +92,17 @@ STATUS_OK, STATUS_NOFIT, STATUS_TIMEOUT, STATUS_ERROR = "ok", "does not fit", "t
 def series_list(conv_modes, attention_modes, e3nn_mode, have_e3nn, only=""):
     """The configurations as dicts: workload, label, worker kind, cfg fields.
 
-    ``conv_modes``: "impl:mode" strings (e.g. "per_node:xla"); ``attention_modes``: TF modes;
+    ``conv_modes``: "impl:mode" strings (e.g. "per_node:xla", or "per_node@500:xla" for
+    ``node_chunk=500``); ``attention_modes``: TF modes;
     ``only``: comma list of substrings, a configuration runs if its "workload label" has one.
     """
     out = []
     for spec in conv_modes:
         impl, mode = spec.split(":")
-        out.append({"workload": "conv", "label": f"tfe {impl} {mode}", "kind": "conv-tf",
-                    "cfg": {"impl": impl, "mode": mode, "si": False}})
+        impl, _, chunk = impl.partition("@")  # "per_node@500": PointConvolution(node_chunk=500)
+        label = f"tfe {impl} {mode}" + (f" node_chunk={chunk}" if chunk else "")
+        out.append({"workload": "conv", "label": label, "kind": "conv-tf",
+                    "cfg": {"impl": impl, "mode": mode, "si": False, "node_chunk": int(chunk) if chunk else None}})
     if have_e3nn and e3nn_mode:
         out.append({"workload": "conv", "label": f"e3nn {e3nn_mode}", "kind": "conv-e3nn", "cfg": {"mode": e3nn_mode}})
     for mode in attention_modes:
@@ -617,9 +621,9 @@ def main(argv=None):
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--nodes", type=int, nargs="+", help="graph sizes (default 1000 10000 100000)")
     parser.add_argument("--passes", default="fwd,fwdbwd", help="comma list of fwd, fwdbwd (default both)")
-    parser.add_argument("--conv-modes", default="per_node:xla,per_edge:function",
-                        help="comma list of implementation:mode of PointConvolution (default "
-                             "per_node:xla,per_edge:function; modes eager, function, xla)")
+    parser.add_argument("--conv-modes", default="per_node@500:xla,per_edge:function",
+                        help="comma list of implementation[@node_chunk]:mode of PointConvolution (default "
+                             "per_node@500:xla,per_edge:function; modes eager, function, xla)")
     parser.add_argument("--attention-modes", default="xla,function",
                         help="comma list of SE3Attention TF modes (default xla,function; empty to skip)")
     parser.add_argument("--e3nn-mode", help="e3nn's mode: compile (default), compile:<torch.compile mode>, eager; "

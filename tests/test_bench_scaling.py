@@ -156,7 +156,10 @@ def test_series_and_only():
     names = [f"{s['workload']} {s['label']}" for s in all_]
     assert names == ["conv tfe per_node xla", "conv tfe per_edge function", "conv e3nn compile",
                      "attention tfe xla", "attention tfe function", "attention e3nn compile"]
-    assert all_[0]["cfg"] == {"impl": "per_node", "mode": "xla", "si": False}
+    assert all_[0]["cfg"] == {"impl": "per_node", "mode": "xla", "si": False, "node_chunk": None}
+    chunked = sc.series_list(["per_node@500:xla"], [], "compile", False)
+    assert [s["label"] for s in chunked] == ["tfe per_node xla node_chunk=500"]
+    assert chunked[0]["cfg"] == {"impl": "per_node", "mode": "xla", "si": False, "node_chunk": 500}
     no_e3nn = sc.series_list(["per_node:xla"], ["xla"], "compile", False)
     assert [s["label"] for s in no_e3nn] == ["tfe per_node xla", "tfe xla"]
     only = sc.series_list(["per_node:xla"], ["xla"], "compile", True, only="per_node, attention e3nn")
