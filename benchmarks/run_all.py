@@ -384,11 +384,12 @@ def allocators_seen(outcomes):
     return sorted(seen)
 
 
-def _parse_only(values):
+def _parse_only(values, option="--only"):
+    """Benchmark names from ``--only``/``--reuse`` values (space or comma separated), in run order."""
     names = [v.strip() for value in values for v in value.split(",") if v.strip()]
     bad = [n for n in names if n not in BENCHMARKS]
     if bad:
-        raise argparse.ArgumentTypeError(f"--only: unknown {bad}; choose from {list(BENCHMARKS)}")
+        raise argparse.ArgumentTypeError(f"{option}: unknown {bad}; choose from {list(BENCHMARKS)}")
     return [n for n in BENCHMARKS if n in names]  # run order: sh, conv, attention
 
 
@@ -427,9 +428,9 @@ def main(argv=None):
     except argparse.ArgumentTypeError as e:
         parser.error(str(e))
     try:
-        args.reuse = _parse_only(args.reuse) if args.reuse else []
+        args.reuse = _parse_only(args.reuse, "--reuse") if args.reuse else []
     except argparse.ArgumentTypeError as e:
-        parser.error(str(e).replace("--only", "--reuse"))
+        parser.error(str(e))
     if args.reuse and not args.out_dir:
         parser.error(f"--reuse needs the --out-dir of the earlier run. Received: --reuse {' '.join(args.reuse)}")
     for name in args.reuse:
