@@ -9,6 +9,11 @@ Modes, each in its own process (``_common.Worker``), timed round-robin so that a
 modes see the same machine load (``_common.interleaved_timings``):
 
 * tfequivariant: eager, ``tf.function``, ``tf.function(jit_compile=True)`` (XLA);
+  opt-in ``xla_pool``: XLA with TensorFlow's pooling CPU allocator
+  (``TF_CPU_ALLOCATOR_USE_BFC=true`` in that worker's environment), which reuses
+  freed buffers instead of returning them to malloc. Under glibc's malloc every
+  output of 32 MiB or more is a fresh ``mmap`` whose pages the kernel faults in
+  and zeroes on first write, in both frameworks alike; the pool skips that;
 * e3nn (if installed): eager, TorchScript (``e3nn.util.jit.compile`` with
   ``jit_mode="script"``) and ``torch.compile(fullgraph=True)``.
 
@@ -38,12 +43,16 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import _common  # noqa: E402
 
-TF_MODES = ("eager", "function", "xla")
+TF_MODES = ("eager", "function", "xla", "xla_pool")
+DEFAULT_TF_MODES = ("eager", "function", "xla")
+# the environment each TF mode's worker adds to ours
+TF_MODE_ENV = {"xla_pool": {"TF_CPU_ALLOCATOR_USE_BFC": "true"}}
 TORCH_MODES = ("eager", "script", "compile")
 MODE_LABELS = {
     ("tf", "eager"): "tfe eager",
     ("tf", "function"): "tfe tf.function",
     ("tf", "xla"): "tfe XLA",
+    ("tf", "xla_pool"): "tfe XLA+TF pool",
     ("torch", "eager"): "e3nn eager",
     ("torch", "script"): "e3nn TorchScript",
     ("torch", "compile"): "e3nn torch.compile",
@@ -87,7 +96,7 @@ def run_tf_case(lmax, mode, n):
         return total, tape.gradient(total, v)
 
     if mode != "eager":
-        jit = mode == "xla"
+        jit = mode.startswith("xla")
         forward = tf.function(forward, jit_compile=jit)
         forward_backward = tf.function(forward_backward, jit_compile=jit)
 
@@ -97,6 +106,7 @@ def run_tf_case(lmax, mode, n):
         return {
             "threads": _common.tf_threading_report(),
             "allocator": _common.allocator(),
+            "TF_CPU_ALLOCATOR_USE_BFC": os.environ.get("TF_CPU_ALLOCATOR_USE_BFC"),
             "tf_allocator_stats": _common.tf_allocator_stats(),
             "forward": _fingerprint(forward(x)),
             "forward_backward": _fingerprint(forward_backward(x)[1]),
@@ -237,7 +247,8 @@ def main(argv=None):
     parser.add_argument("--repeat", type=int, default=15, help="timed calls per mode and pass (default: 15)")
     parser.add_argument("--warmup", type=int, default=3, help="untimed calls first (default: 3)")
     parser.add_argument("--frameworks", nargs="+", choices=["tf", "torch"], default=["tf", "torch"])
-    parser.add_argument("--tf-modes", nargs="+", choices=TF_MODES, default=list(TF_MODES))
+    parser.add_argument("--tf-modes", nargs="+", choices=TF_MODES, default=list(DEFAULT_TF_MODES),
+                        help="default: %(default)s; xla_pool: XLA with TensorFlow's pooling CPU allocator")
     parser.add_argument("--torch-modes", nargs="+", choices=TORCH_MODES, default=list(TORCH_MODES))
     parser.add_argument(
         "--torch-compile-mode",
@@ -298,7 +309,8 @@ def main(argv=None):
                 if fw == "torch":
                     case["compile_mode"] = args.torch_compile_mode
                 try:
-                    workers[(fw, mode)] = _common.Worker([sys.executable, script, "--case", json.dumps(case)])
+                    env = TF_MODE_ENV.get(mode, {}) if fw == "tf" else {}
+                    workers[(fw, mode)] = _common.Worker([sys.executable, script, "--case", json.dumps(case)], env=env)
                 except RuntimeError as e:
                     results[(fw, mode, lmax)] = {"error": str(e)}
             timings, loads = _common.interleaved_timings(
