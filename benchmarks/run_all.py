@@ -78,7 +78,8 @@ QUICK_TIMEOUT_S = 1200.0
 PASSES = ("fwd", "fwdbwd")
 PASS_NAMES = {"fwd": "forward", "fwdbwd": "forward+backward"}
 TFE_MODES = ("eager", "function", "xla")
-MODE_NAMES = {("tfe", "eager"): "eager", ("tfe", "function"): "tf.function", ("tfe", "xla"): "XLA", ("tfe", "xla_pool"): "XLA+TF pool",
+MODE_NAMES = {("tfe", "eager"): "eager", ("tfe", "function"): "tf.function", ("tfe", "xla"): "XLA",
+              ("tfe", "xla_pool"): "XLA+TF pool",
               ("e3nn", "eager"): "eager", ("e3nn", "script"): "TorchScript", ("e3nn", "compile"): "torch.compile"}
 HEADER = ["workload", "pass", "tfe eager ms", "tfe tf.function ms", "tfe XLA ms", "e3nn best ms (mode)",
           "tfe best / e3nn best", "peak tfe", "peak e3nn", "rate tfe", "rate e3nn"]
