@@ -252,7 +252,8 @@ def tf_worker(cfg):
         return step
 
     return {**_measure(build_step, cfg["warmup"], cfg["reps"], cfg["budget_s"]),
-            "threads": _common.tf_threading_report()}
+            "threads": _common.tf_threading_report(),
+            "TF_CPU_ALLOCATOR_USE_BFC": os.environ.get("TF_CPU_ALLOCATOR_USE_BFC")}
 
 
 def matmul_worker(cfg):
@@ -444,6 +445,8 @@ def check_worker(cfg):
 def _run_worker(kind, cfg, timeout):
     argv = [sys.executable, os.path.abspath(__file__), "--worker", kind, json.dumps(cfg)]
     env = {"TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONWARNINGS": "ignore"}
+    if kind == "tf" and cfg.get("tf_pool"):
+        env["TF_CPU_ALLOCATOR_USE_BFC"] = "true"  # TensorFlow's pooling CPU allocator
     r = _common.run_isolated(argv, env=env, timeout=timeout)
     if "error" in r:
         r["error"] = " / ".join(line.strip() for line in r["error"].splitlines()[-3:])[:400]
@@ -458,10 +461,10 @@ def _cell_ms(r):
     return _common.format_ms(r["timing"]) + ("*" if r.get("reduced") else "")
 
 
-def _label(kind, impl, mode, si):
+def _label(kind, impl, mode, si, tf_pool=False):
     if kind == "e3nn":
         return f"e3nn {mode}"
-    return f"tfe {impl} {mode}" + (" +SI" if si else "")
+    return f"tfe {impl} {mode}" + (" +SI" if si else "") + (" +pool" if tf_pool else "")
 
 
 def _tables(results, flops, matmul_gflops):
@@ -517,6 +520,9 @@ def main():
     parser.add_argument("--e3nn-modes", default="eager,script,compile",
                         help="comma list of eager, script (TorchScript), compile, compile:<torch.compile mode>")
     parser.add_argument("--no-e3nn", action="store_true", help="skip e3nn even if importable")
+    parser.add_argument("--tf-pool", action="store_true",
+                        help="run the tfequivariant workers with TensorFlow's pooling CPU allocator "
+                             "(TF_CPU_ALLOCATOR_USE_BFC=true; labels get '+pool'); matters under glibc malloc")
     parser.add_argument("--si-modes", default="function,xla",
                         help="modes of the extra tfequivariant runs with self_interaction=True (default "
                              "function,xla; empty to skip)")
@@ -583,11 +589,11 @@ def main():
 
     results = {}
     for kind, impl, mode, si in configs:
-        label = _label(kind, impl, mode, si)
+        label = _label(kind, impl, mode, si, args.tf_pool)
         if args.only and args.only not in label:
             continue
         for pass_ in PASSES:
-            cfg = {**base, "impl": impl, "mode": mode, "pass": pass_, "si": si}
+            cfg = {**base, "impl": impl, "mode": mode, "pass": pass_, "si": si, "tf_pool": args.tf_pool}
             if kind == "e3nn":
                 cfg["warmup"] = max(args.warmup, 3)  # compiled forward and backward settle after 2 calls
                 if check and "error" not in check:

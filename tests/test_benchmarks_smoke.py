@@ -235,6 +235,27 @@ def test_bench_scripts_offer_json():
         assert "--json" in out, script
 
 
+def test_conv_bench_tf_pool_label_and_environment(monkeypatch):
+    # --tf-pool: the tfequivariant workers get TensorFlow's pooling CPU allocator, e3nn's do not,
+    # and run_all files the "+pool" rows as their own variant
+    conv = load_script(os.path.join(BENCH, "bench_point_convolution.py"), "tfe_bench_conv_pool")
+    label = conv._label("tf", "per_node", "xla", False, tf_pool=True)
+    assert label == "tfe per_node xla +pool"
+    assert run_all._split_label(label) == ("tfe", "xla", "per_node +pool")
+    envs = {}
+    monkeypatch.setattr(conv._common, "run_isolated", lambda argv, env=None, timeout=None: envs.setdefault(
+        argv[-2], env) and {})
+    conv._run_worker("tf", {"tf_pool": True}, 1)
+    conv._run_worker("e3nn", {"tf_pool": True}, 1)
+    assert envs["tf"]["TF_CPU_ALLOCATOR_USE_BFC"] == "true"
+    assert "TF_CPU_ALLOCATOR_USE_BFC" not in envs["e3nn"]
+    envs.clear()
+    conv._run_worker("tf", {"tf_pool": False}, 1)
+    assert "TF_CPU_ALLOCATOR_USE_BFC" not in envs["tf"]
+    assert "--tf-pool" in subprocess.run([sys.executable, os.path.join(BENCH, "bench_point_convolution.py"), "--help"],
+                                         capture_output=True, text=True, check=True).stdout
+
+
 def test_sh_bench_xla_pool_mode_sets_tf_pool_in_its_worker_only(tmp_path):
     # xla_pool is XLA with TensorFlow's pooling CPU allocator: the variable must reach that
     # worker and no other, and both modes must compute the same harmonics
