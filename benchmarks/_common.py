@@ -247,6 +247,16 @@ def cpu_model():
     return platform.processor() or "unknown"
 
 
+# TensorFlow's pooling CPU allocator: freed buffers stay in TensorFlow's pool instead of going
+# back to malloc (under glibc, a large buffer would be a fresh mmap, faulted in on every call).
+TF_POOL_ENV = {"TF_CPU_ALLOCATOR_USE_BFC": "true"}
+
+
+def tf_pool_setting():
+    """This process's ``TF_CPU_ALLOCATOR_USE_BFC`` (None when unset), for the workers' reports."""
+    return os.environ.get("TF_CPU_ALLOCATOR_USE_BFC")
+
+
 def allocator():
     """The malloc this process runs on: what ``LD_PRELOAD`` asked for *and* what is mapped."""
     preload = os.environ.get("LD_PRELOAD", "")

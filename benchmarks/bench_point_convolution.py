@@ -253,7 +253,7 @@ def tf_worker(cfg):
 
     return {**_measure(build_step, cfg["warmup"], cfg["reps"], cfg["budget_s"]),
             "threads": _common.tf_threading_report(),
-            "TF_CPU_ALLOCATOR_USE_BFC": os.environ.get("TF_CPU_ALLOCATOR_USE_BFC")}
+            "TF_CPU_ALLOCATOR_USE_BFC": _common.tf_pool_setting()}
 
 
 def matmul_worker(cfg):
@@ -446,7 +446,7 @@ def _run_worker(kind, cfg, timeout):
     argv = [sys.executable, os.path.abspath(__file__), "--worker", kind, json.dumps(cfg)]
     env = {"TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONWARNINGS": "ignore"}
     if kind == "tf" and cfg.get("tf_pool"):
-        env["TF_CPU_ALLOCATOR_USE_BFC"] = "true"  # TensorFlow's pooling CPU allocator
+        env.update(_common.TF_POOL_ENV)
     r = _common.run_isolated(argv, env=env, timeout=timeout)
     if "error" in r:
         r["error"] = " / ".join(line.strip() for line in r["error"].splitlines()[-3:])[:400]

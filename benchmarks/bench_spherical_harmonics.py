@@ -46,7 +46,7 @@ import _common  # noqa: E402
 TF_MODES = ("eager", "function", "xla", "xla_pool")
 DEFAULT_TF_MODES = ("eager", "function", "xla")
 # the environment each TF mode's worker adds to ours
-TF_MODE_ENV = {"xla_pool": {"TF_CPU_ALLOCATOR_USE_BFC": "true"}}
+TF_MODE_ENV = {"xla_pool": _common.TF_POOL_ENV}
 TORCH_MODES = ("eager", "script", "compile")
 MODE_LABELS = {
     ("tf", "eager"): "tfe eager",
@@ -106,7 +106,7 @@ def run_tf_case(lmax, mode, n):
         return {
             "threads": _common.tf_threading_report(),
             "allocator": _common.allocator(),
-            "TF_CPU_ALLOCATOR_USE_BFC": os.environ.get("TF_CPU_ALLOCATOR_USE_BFC"),
+            "TF_CPU_ALLOCATOR_USE_BFC": _common.tf_pool_setting(),
             "tf_allocator_stats": _common.tf_allocator_stats(),
             "forward": _fingerprint(forward(x)),
             "forward_backward": _fingerprint(forward_backward(x)[1]),
