@@ -242,9 +242,13 @@ def test_conv_bench_tf_pool_label_and_environment(monkeypatch):
     label = conv._label("tf", "per_node", "xla", False, tf_pool=True)
     assert label == "tfe per_node xla +pool"
     assert run_all._split_label(label) == ("tfe", "xla", "per_node +pool")
-    envs = {}
-    monkeypatch.setattr(conv._common, "run_isolated", lambda argv, env=None, timeout=None: envs.setdefault(
-        argv[-2], env) and {})
+    envs = {}  # worker kind -> the environment it would be started with
+
+    def fake_run_isolated(argv, env=None, timeout=None):
+        envs[argv[argv.index("--worker") + 1]] = env
+        return {}
+
+    monkeypatch.setattr(conv._common, "run_isolated", fake_run_isolated)
     conv._run_worker("tf", {"tf_pool": True}, 1)
     conv._run_worker("e3nn", {"tf_pool": True}, 1)
     assert envs["tf"]["TF_CPU_ALLOCATOR_USE_BFC"] == "true"
