@@ -236,10 +236,11 @@ def tf_worker(cfg):
 
     g = build_graph(cfg["nodes"])
     k = g["max_degree"] if cfg["mode"] == "xla" else None
+    built = {}
 
     def build_step():
         graph, features, cotangent = _tf_inputs(g)
-        layer = _tf_layer(cfg["impl"], cfg["si"], k, cfg.get("node_chunk"))
+        layer = built["layer"] = _tf_layer(cfg["impl"], cfg["si"], k, cfg.get("node_chunk"))
         layer(features[:2], {"positions": graph["positions"][:2], "senders": tf.constant([0], tf.int32),
                              "receivers": tf.constant([1], tf.int32)})
         fn = _tf_steps(layer, graph, cotangent, cfg["mode"], cfg["pass"])
@@ -251,7 +252,8 @@ def tf_worker(cfg):
 
         return step
 
-    return {**_measure(build_step, cfg["warmup"], cfg["reps"], cfg["budget_s"]),
+    measured = _measure(build_step, cfg["warmup"], cfg["reps"], cfg["budget_s"])
+    return {**measured, "node_chunk": built["layer"].node_chunk,
             "threads": _common.tf_threading_report(),
             "TF_CPU_ALLOCATOR_USE_BFC": _common.tf_pool_setting()}
 
@@ -461,10 +463,11 @@ def _cell_ms(r):
     return _common.format_ms(r["timing"]) + ("*" if r.get("reduced") else "")
 
 
-def _label(kind, impl, mode, si, tf_pool=False):
+def _label(kind, impl, mode, si, tf_pool=False, node_chunk=None):
     if kind == "e3nn":
         return f"e3nn {mode}"
-    return f"tfe {impl} {mode}" + (" +SI" if si else "") + (" +pool" if tf_pool else "")
+    return (f"tfe {impl} {mode}" + (f" node_chunk={node_chunk}" if node_chunk else "") + (" +SI" if si else "")
+            + (" +pool" if tf_pool else ""))
 
 
 def _tables(results, flops, matmul_gflops):
@@ -506,6 +509,18 @@ def _tables(results, flops, matmul_gflops):
     return table, detail, best
 
 
+def _node_chunks(text):
+    """``"8,16"`` -> [8, 16]; a clear error for anything but positive integers."""
+    chunks = []
+    for item in (t.strip() for t in text.split(",")):
+        if not item:
+            continue
+        if not item.isdigit() or int(item) < 1:
+            raise SystemExit(f"--node-chunks takes positive integers, comma separated. Received: {text!r}")
+        chunks.append(int(item))
+    return chunks
+
+
 def main():
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0],
@@ -526,6 +541,9 @@ def main():
     parser.add_argument("--si-modes", default="function,xla",
                         help="modes of the extra tfequivariant runs with self_interaction=True (default "
                              "function,xla; empty to skip)")
+    parser.add_argument("--node-chunks", default="8",
+                        help="comma list of PointConvolution(node_chunk=...) values for extra per_node XLA runs "
+                             "(receivers in blocks of that many nodes; default 8; empty to skip)")
     parser.add_argument("--only", default="", help="run only configurations whose label contains this text")
     parser.add_argument("--quiet-wait", type=float, default=120.0,
                         help="before each configuration wait up to this many seconds for other processes to use "
@@ -582,18 +600,21 @@ def main():
 
     configs = []
     if have_e3nn:
-        configs += [("e3nn", "e3nn", m.strip(), False) for m in args.e3nn_modes.split(",") if m.strip()]
-    configs += [("tf", impl, mode, False) for impl in TF_IMPLEMENTATIONS for mode in TF_MODES]
+        configs += [("e3nn", "e3nn", m.strip(), False, None) for m in args.e3nn_modes.split(",") if m.strip()]
+    configs += [("tf", impl, mode, False, None) for impl in TF_IMPLEMENTATIONS for mode in TF_MODES]
+    configs += [("tf", "per_node", "xla", False, chunk) for chunk in _node_chunks(args.node_chunks)]
     si_modes = [m.strip() for m in args.si_modes.split(",") if m.strip()]
-    configs += [("tf", impl, mode, True) for impl in TF_IMPLEMENTATIONS for mode in TF_MODES if mode in si_modes]
+    configs += [("tf", impl, mode, True, None) for impl in TF_IMPLEMENTATIONS for mode in TF_MODES
+                if mode in si_modes]
 
     results = {}
-    for kind, impl, mode, si in configs:
-        label = _label(kind, impl, mode, si, args.tf_pool)
+    for kind, impl, mode, si, chunk in configs:
+        label = _label(kind, impl, mode, si, args.tf_pool, chunk)
         if args.only and args.only not in label:
             continue
         for pass_ in PASSES:
-            cfg = {**base, "impl": impl, "mode": mode, "pass": pass_, "si": si, "tf_pool": args.tf_pool}
+            cfg = {**base, "impl": impl, "mode": mode, "pass": pass_, "si": si, "tf_pool": args.tf_pool,
+                   "node_chunk": chunk}
             if kind == "e3nn":
                 cfg["warmup"] = max(args.warmup, 3)  # compiled forward and backward settle after 2 calls
                 if check and "error" not in check:

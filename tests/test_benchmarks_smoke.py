@@ -310,3 +310,29 @@ def test_run_all_quick_no_e3nn(tmp_path):
     text = md.read_text()
     assert "date (`date -u`)" in text and "LD_PRELOAD" in text and "load average" in text
     assert text.count("| forward") == 2 * len(expected)
+
+
+def test_conv_bench_node_chunk_runs_are_their_own_variant(tmp_path):
+    # --node-chunks adds per_node XLA runs with PointConvolution(node_chunk=...): they must reach
+    # the layer (the worker reports the blocked layer's timings, both passes) and run_all must file
+    # them as their own variant, not mix them into the unblocked per_node row
+    conv = load_script(os.path.join(BENCH, "bench_point_convolution.py"), "tfe_bench_conv_chunks")
+    label = conv._label("tf", "per_node", "xla", False, node_chunk=8)
+    assert label == "tfe per_node xla node_chunk=8"
+    assert run_all._split_label(label) == ("tfe", "xla", "per_node node_chunk=8")
+    assert conv._node_chunks("8, 16,") == [8, 16] and conv._node_chunks("") == []
+    for bad in ("0", "-4", "2.5", "eight"):
+        with pytest.raises(SystemExit, match="--node-chunks"):
+            conv._node_chunks(bad)
+    out = tmp_path / "conv.json"
+    proc = subprocess.run(
+        [sys.executable, os.path.join(BENCH, "bench_point_convolution.py"), "--nodes", "40", "--no-e3nn",
+         "--node-chunks", "16", "--only", "node_chunk", "--si-modes", "", "--reps", "1", "--warmup", "0",
+         "--quiet-wait", "0", "--retries", "0", "--json", str(out)],
+        capture_output=True, text=True, timeout=900, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    results = json.loads(out.read_text())["results"]
+    assert [(r["label"], r["pass"]) for r in results] == [
+        ("tfe per_node xla node_chunk=16", "fwd"), ("tfe per_node xla node_chunk=16", "fwdbwd")]
+    assert all("error" not in r and r["median_ms"] > 0 and r["node_chunk"] == 16 for r in results), results
+    assert {r["variant"] for r in run_all.records_conv(json.loads(out.read_text()))} == {"per_node node_chunk=16"}

@@ -31,7 +31,7 @@ import numpy as np
 
 from tfequivariant.so3 import wigner_3j
 
-__all__ = ["PerNodePlan", "per_node_convolution"]
+__all__ = ["PerNodePlan", "last_layer_weights", "per_node_convolution"]
 
 _ZERO = 1e-12
 
@@ -93,7 +93,36 @@ def _products(plan, features_t, sh_t):
     return tf.concat(rows, axis=1) if len(rows) > 1 else rows[0]
 
 
-def per_node_convolution(plan, features_t, sh_t, h_pad, radial_output, dtype):
+def last_layer_weights(plan, radial_output, dtype):
+    """The last radial layer rearranged for ``per_node_convolution``: one matrix per output block.
+
+    Args:
+        plan: ``PerNodePlan``.
+        radial_output: ``[H, weight_numel]`` last radial layer.
+        dtype: compute dtype.
+
+    Returns:
+        list, per output block, of ``[(path, u, v, c), mul_out]`` matrices, the
+        ``1/sqrt(H)`` factor included. Built once per call, outside any node
+        blocks, so that blocks receive contiguous matrices (and their weight
+        gradients are plain sums).
+    """
+    import tensorflow as tf
+
+    hidden = int(radial_output.shape[0])
+    w_all = tf.cast(radial_output, dtype) / math.sqrt(hidden)
+    weights = []
+    for mul_o, _, paths in plan.groups:
+        w_g = [
+            tf.reshape(tf.transpose(tf.reshape(w_all[:, off : off + n * mul_o], (hidden, n, mul_o)), (1, 0, 2)),
+                       (n * hidden, mul_o))
+            for n, off in ((mul1 * mul2, off) for _, mul1, _, _, mul2, _, _, off in paths)
+        ]
+        weights.append(tf.concat(w_g, axis=0) if len(w_g) > 1 else w_g[0])
+    return weights
+
+
+def per_node_convolution(plan, features_t, sh_t, h_pad, weights):
     """The neighbour sum and last radial layer of ``PointConvolution``'s per-node form.
 
     Args:
@@ -102,8 +131,7 @@ def per_node_convolution(plan, features_t, sh_t, h_pad, radial_output, dtype):
             in empty slots), neighbour index last.
         sh_t: ``[N, irreps_sh.dim, K]`` edge harmonics, same layout.
         h_pad: ``[N, K, H]`` last hidden layer of the radial network (zeros in empty slots).
-        radial_output: ``[H, weight_numel]`` last radial layer.
-        dtype: compute dtype.
+        weights: ``last_layer_weights(plan, radial_output, dtype)``.
 
     Returns:
         ``[N, irreps_out.dim]`` (before the ``1/sqrt(avg_num_neighbors)`` factor).
@@ -112,19 +140,12 @@ def per_node_convolution(plan, features_t, sh_t, h_pad, radial_output, dtype):
 
     hidden = h_pad.shape[-1]
     s = tf.matmul(_products(plan, features_t, sh_t), h_pad)  # [N, Q, H]
-    w_all = tf.cast(radial_output, dtype) / math.sqrt(hidden)
     out, row = [], 0
-    for mul_o, dim_o, paths in plan.groups:
-        uv = [mul1 * mul2 for _, mul1, _, _, mul2, _, _, _ in paths]
-        rows = dim_o * sum(uv)
-        s_g = tf.reshape(s[:, row : row + rows, :], (-1, sum(uv) * hidden))  # [N dim_o, (p, u, v, c)]
+    for (mul_o, dim_o, paths), w_g in zip(plan.groups, weights):
+        puv = sum(mul1 * mul2 for _, mul1, _, _, mul2, _, _, _ in paths)
+        rows = dim_o * puv
+        s_g = tf.reshape(s[:, row : row + rows, :], (-1, puv * hidden))  # [N dim_o, (p, u, v, c)]
         row += rows
-        w_g = [
-            tf.reshape(tf.transpose(tf.reshape(w_all[:, off : off + n * mul_o], (hidden, n, mul_o)), (1, 0, 2)),
-                       (n * hidden, mul_o))
-            for n, (*_, off) in zip(uv, paths)
-        ]
-        w_g = tf.concat(w_g, axis=0) if len(w_g) > 1 else w_g[0]
         y = tf.reshape(tf.matmul(s_g, w_g), (-1, dim_o, mul_o))
         out.append(tf.reshape(tf.transpose(y, (0, 2, 1)), (-1, mul_o * dim_o)))
     return tf.concat(out, axis=-1) if len(out) > 1 else out[0]

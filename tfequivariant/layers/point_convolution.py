@@ -7,7 +7,7 @@ import numpy as np
 
 from tfequivariant import ops as tfe_ops
 from tfequivariant.layers._edge_filter import EdgeFilterLayer, check_positive_int, second_moment_constant
-from tfequivariant.layers._per_node import PerNodePlan, per_node_convolution
+from tfequivariant.layers._per_node import PerNodePlan, last_layer_weights, per_node_convolution
 from tfequivariant.layers.self_interaction import SelfInteraction, parse_irreps
 from tfequivariant.layers.tensor_product import (
     fully_connected_instructions,
@@ -180,32 +180,40 @@ class PointConvolution(EdgeFilterLayer):
             return tf.pad(rows, [[0, 1], [0, 0]])
 
         features, sh, h = with_zero_row(features), with_zero_row(sh), with_zero_row(h)
-        w = tf.cast(self.radial_output, self.compute_dtype)
+        weights = last_layer_weights(self._plan, self.radial_output, self.compute_dtype)
 
-        def block(x, y, hh, w):  # [C, K, D] padded rows -> [C, irreps_out.dim]
-            return per_node_convolution(
-                self._plan, tf.transpose(x, (0, 2, 1)), tf.transpose(y, (0, 2, 1)), hh, w, self.compute_dtype
-            )
+        def neighbour_last(rows, index):  # [M, K] indices -> [M, D, K] padded rows
+            return tf.transpose(tfe_ops.gather(rows, index), (0, 2, 1))
 
         chunk = self.node_chunk
         if chunk is None or (slots.shape[0] is not None and slots.shape[0] <= chunk):
-            return block(tfe_ops.gather(features, sender_slots), tfe_ops.gather(sh, slots), tfe_ops.gather(h, slots), w)
+            return per_node_convolution(
+                self._plan, neighbour_last(features, sender_slots), neighbour_last(sh, slots),
+                tfe_ops.gather(h, slots), weights,
+            )
         # node blocks of `chunk` receivers, one after the other; the backward pass recomputes
-        # each block's products instead of keeping them, so memory is O(chunk * K)
+        # each block's products instead of keeping them, so memory is O(chunk * K), and blocks
+        # of 8-16 receivers keep each block's products in cache (BENCHMARKS.md, session 7).
+        # The rows are gathered and put neighbour-last once for the whole graph, outside the
+        # loop: transposed inside, the gradient of each block's input was scattered back
+        # through a transpose in every iteration.
         num_blocks = (n + chunk - 1) // chunk
         pad = num_blocks * chunk - n
         empty_edge = tf.shape(sh)[0] - 1
         slots = tf.pad(slots, [[0, pad], [0, 0]], constant_values=empty_edge)
         sender_slots = tf.pad(sender_slots, [[0, pad], [0, 0]], constant_values=n)
 
-        def blocks(rows, index):  # [num_blocks, chunk, K, D]
-            padded = tfe_ops.gather(rows, index)
+        def blocks(padded):  # [num_blocks * chunk, ...] -> [num_blocks, chunk, ...]
             return tf.reshape(padded, tf.concat([[num_blocks, chunk], tf.shape(padded)[1:]], axis=0))
+
+        def block(x, y, hh, *w):
+            return per_node_convolution(self._plan, x, y, hh, w)
 
         recomputed = tf.recompute_grad(block)
         out = tf.map_fn(
-            lambda e: recomputed(e[0], e[1], e[2], w),
-            (blocks(features, sender_slots), blocks(sh, slots), blocks(h, slots)),
+            lambda e: recomputed(e[0], e[1], e[2], *weights),
+            (blocks(neighbour_last(features, sender_slots)), blocks(neighbour_last(sh, slots)),
+             blocks(tfe_ops.gather(h, slots))),
             fn_output_signature=self.compute_dtype,
         )
         return tf.reshape(out, (-1, self.irreps_out.dim))[:n]
