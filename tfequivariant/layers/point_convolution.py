@@ -69,10 +69,12 @@ class PointConvolution(EdgeFilterLayer):
             nodes, one block after another (``tf.map_fn``), and recompute each block's
             products in the backward pass (``tf.recompute_grad``) instead of keeping them.
             Memory then grows with ``node_chunk * K`` instead of ``N * K``: what lets
-            graphs of 100k nodes (3.2M edges) train on 24 GB. Same numbers as without
-            blocks; a graph of at most ``node_chunk`` nodes (known statically) takes the
-            unblocked path. Gradients of gradients (e.g. forces in the loss) are not
-            supported through blocks: leave it None (default) for those.
+            graphs of 100k nodes (3.2M edges) train on 24 GB. Under XLA, small blocks
+            (8-16 nodes) are also faster, since one block's products stay in cache
+            (BENCHMARKS.md, session 7). Same numbers as without blocks; a graph of at
+            most ``node_chunk`` nodes (known statically) takes the unblocked path.
+            Gradients of gradients (e.g. forces in the loss) are not supported through
+            blocks: leave it None (default) for those.
         **kwargs: base ``Layer`` arguments.
 
     Call arguments:
