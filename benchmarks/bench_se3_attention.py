@@ -133,7 +133,7 @@ def flop_counts(num_nodes, num_edges):
 
 
 # -- TensorFlow side -----------------------------------------------------------------
-def _tf_layer():
+def _tf_layer(node_chunk=None, max_neighbors=None):
     import keras
     import tensorflow as tf
 
@@ -152,6 +152,8 @@ def _tf_layer():
         radial_hidden=(HIDDEN,),
         radial_activation="silu",
         self_interaction=True,
+        node_chunk=node_chunk,
+        max_neighbors=max_neighbors,
     )
     layer(tf.zeros((2, layer.irreps_in.dim)), {"positions": tf.constant([[0.0, 0, 0], [1.0, 0, 0]]),
                                                "senders": tf.constant([0], tf.int32),
@@ -165,7 +167,9 @@ def tf_step(cfg):
     """``step()`` -> the output (fwd) or the gradients (fwd+bwd); ``arrays(result)`` -> dict to compare."""
     g = build_graph(cfg["nodes"])
     graph, features, cotangent = _tf_inputs(g)
-    layer = _tf_layer()
+    chunk = cfg.get("node_chunk")
+    # blocks under XLA need the static K: the largest in-degree of the graph
+    layer = _tf_layer(chunk, int(np.bincount(g["receivers"]).max()) if chunk else None)
     fn = _tf_steps(layer, graph, cotangent, cfg["mode"], cfg["pass"])
     positions = graph["positions"]
 
@@ -631,8 +635,19 @@ def _run_worker(kind, cfg, timeout):
     return r
 
 
+def split_mode(spec):
+    """``"xla@16"`` -> ("xla", 16): a TF mode with ``SE3Attention(node_chunk=16)``; ``"xla"`` -> ("xla", None)."""
+    mode, _, chunk = spec.partition("@")
+    if chunk and (not chunk.isdigit() or int(chunk) < 1):
+        raise SystemExit(f"a TF mode takes @<positive node_chunk>, e.g. xla@16. Received: {spec!r}")
+    return mode, int(chunk) if chunk else None
+
+
 def _label(kind, mode):
-    return f"e3nn {mode}" if kind == "e3nn" else f"tfe {mode}"
+    if kind == "e3nn":
+        return f"e3nn {mode}"
+    mode, chunk = split_mode(mode)
+    return f"tfe {mode}" + (f" node_chunk={chunk}" if chunk else "")
 
 
 def _configs(args, have_e3nn):
@@ -646,6 +661,8 @@ def _configs(args, have_e3nn):
 def _cfg(kind, mode, pass_, base, check, tmpdir):
     cfg = {**base, "mode": mode, "pass": pass_,
            "dump": os.path.join(tmpdir, f"{_label(kind, mode).replace(' ', '_').replace(':', '_')}_{pass_}.npz")}
+    if kind == "tf":
+        cfg["mode"], cfg["node_chunk"] = split_mode(mode)
     if kind == "e3nn":
         if mode.startswith("compile"):
             cfg["warmup"] = max(base["warmup"], 3)  # compiled forward and backward settle after 2 calls
@@ -688,9 +705,9 @@ def run_interleaved(configs, base, check, tmpdir, budget_s, passes=PASSES):
                 w.kill()
                 del workers[label]
                 continue
-            print(f"  {label} {pass_}: warm-up {time.time() - t1:.0f} s, last warm-up call {last[label]:.2f} s",
-                  flush=True)
-        round_s = sum(last[label] for label in workers)
+            last_call = f"{last[label]:.2f} s" if label in last else "none (--warmup 0)"
+            print(f"  {label} {pass_}: warm-up {time.time() - t1:.0f} s, last warm-up call {last_call}", flush=True)
+        round_s = sum(last.get(label, 0.0) for label in workers)  # no warm-up: no estimate, no budget cut
         reps = base["reps"]
         if workers and round_s * reps > budget_s:
             reps = max(MIN_REPS, int(budget_s / round_s))
@@ -832,7 +849,8 @@ def main():
                              "round-robin; sequential: one fresh subprocess after another")
     parser.add_argument("--e3nn-modes", default="eager,compile",
                         help="comma list of eager, compile, compile:<torch.compile mode> (default eager,compile)")
-    parser.add_argument("--tf-modes", default=",".join(TF_MODES), help="comma list of eager, function, xla")
+    parser.add_argument("--tf-modes", default=",".join(TF_MODES), help="comma list of eager, function, xla; mode@N runs SE3Attention(node_chunk=N) (receivers "
+                             "in blocks of N, e.g. xla@16)")
     parser.add_argument("--passes", default=",".join(PASSES),
                         help="comma list of fwd, fwdbwd (default both; one pass per run keeps runs short)")
     parser.add_argument("--no-e3nn", action="store_true", help="skip e3nn even if importable")

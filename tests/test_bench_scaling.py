@@ -160,6 +160,11 @@ def test_series_and_only():
     chunked = sc.series_list(["per_node@500:xla"], [], "compile", False)
     assert [s["label"] for s in chunked] == ["tfe per_node xla node_chunk=500"]
     assert chunked[0]["cfg"] == {"impl": "per_node", "mode": "xla", "si": False, "node_chunk": 500}
+    att_chunked = sc.series_list([], ["xla@16"], "compile", False)
+    assert [s["label"] for s in att_chunked] == ["tfe xla node_chunk=16"]
+    assert att_chunked[0]["cfg"] == {"mode": "xla", "node_chunk": 16}
+    with pytest.raises(SystemExit, match="xla@16"):
+        sc.series_list([], ["xla@0"], "compile", False)
     no_e3nn = sc.series_list(["per_node:xla"], ["xla"], "compile", False)
     assert [s["label"] for s in no_e3nn] == ["tfe per_node xla", "tfe xla"]
     only = sc.series_list(["per_node:xla"], ["xla"], "compile", True, only="per_node, attention e3nn")

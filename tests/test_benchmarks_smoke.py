@@ -336,3 +336,31 @@ def test_conv_bench_node_chunk_runs_are_their_own_variant(tmp_path):
         ("tfe per_node xla node_chunk=16", "fwd"), ("tfe per_node xla node_chunk=16", "fwdbwd")]
     assert all("error" not in r and r["median_ms"] > 0 and r["node_chunk"] == 16 for r in results), results
     assert {r["variant"] for r in run_all.records_conv(json.loads(out.read_text()))} == {"per_node node_chunk=16"}
+
+
+def test_attention_bench_node_chunk_modes(tmp_path):
+    # "xla@16" runs SE3Attention(node_chunk=16) under XLA: its own label, its own run_all variant,
+    # and the worker builds the blocked layer (checked on a real, tiny run against the unblocked one)
+    att = load_script(os.path.join(BENCH, "bench_se3_attention.py"), "tfe_bench_att_chunks")
+    assert att.split_mode("xla@16") == ("xla", 16) and att.split_mode("function") == ("function", None)
+    for bad in ("xla@0", "xla@x", "xla@-1"):
+        with pytest.raises(SystemExit, match="node_chunk"):
+            att.split_mode(bad)
+    label = att._label("tf", "xla@16")
+    assert label == "tfe xla node_chunk=16"
+    assert run_all._split_label(label) == ("tfe", "xla", "node_chunk=16")
+    cfg = att._cfg("tf", "xla@16", "fwd", {"nodes": 40}, None, str(tmp_path))
+    assert (cfg["mode"], cfg["node_chunk"]) == ("xla", 16)
+    out = tmp_path / "att.json"
+    proc = subprocess.run(
+        [sys.executable, os.path.join(BENCH, "bench_se3_attention.py"), "--nodes", "40", "--no-e3nn",
+         "--tf-modes", "function,function@16", "--passes", "fwd", "--reps", "1", "--warmup", "0", "--json", str(out)],
+        capture_output=True, text=True, timeout=900, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    data = json.loads(out.read_text())
+    assert {(r["label"], r["pass"]) for r in data["results"]} == {
+        ("tfe function", "fwd"), ("tfe function node_chunk=16", "fwd")}
+    assert all("error" not in r for r in data["results"]), data["results"]
+    dumps = {r["label"]: np.load(r["dump"]) for r in data["results"]}
+    np.testing.assert_allclose(dumps["tfe function node_chunk=16"]["out"], dumps["tfe function"]["out"],
+                               rtol=1e-4, atol=1e-4)

@@ -692,3 +692,120 @@ def test_segment_softmax_xla_equals_eager():
     mask = np.array([1, 0, 1, 0, 1, 1, 1, 1, 0], np.float64)
     fn = tf.function(lambda z, s, m: segment_softmax(z, s, NUM_SEGMENTS, m), jit_compile=True)
     _assert_close(fn(logits, SEGMENTS, mask), _ss(logits, mask), 1e-14)
+
+
+# ==================================================================================
+# 9. Receiver blocks (node_chunk): the same function, blocks of receivers one after another
+# ==================================================================================
+MAX_IN_DEGREE = 4  # of RECEIVERS
+
+
+def _mask_attr_shifts_graph(dtype="float64"):
+    return _graph(dtype, edge_mask=(np.arange(NUM_EDGES) % 4 != 1).astype(dtype),
+                  edge_attr=_rng(15).normal(size=(NUM_EDGES, 2)).astype(dtype),
+                  edge_shifts=(_rng(16).normal(size=(NUM_EDGES, 3)) * 0.2).astype(dtype))
+
+
+@pytest.mark.parametrize("node_chunk, max_neighbors", [(3, None), (2, MAX_IN_DEGREE), (20, None)])
+def test_node_chunk_matches_dense_reference(node_chunk, max_neighbors):
+    """Blocks of 3 (the last one padded), 2 with a static K, and one block larger than the graph."""
+    rng = _rng(7)
+    attr_dense = rng.normal(size=(NUM_NODES, NUM_NODES, 3))
+    mask = (np.arange(NUM_EDGES) % 3 != 2).astype("float64")
+    graph = _graph(edge_mask=mask, edge_attr=attr_dense[RECEIVERS, SENDERS])
+    features = _features()
+    layer = _built(_att(num_heads=2, node_chunk=node_chunk, max_neighbors=max_neighbors), features, graph)
+    expected, _ = dense_attention(layer, features, graph["positions"],
+                                  _adjacency(SENDERS, RECEIVERS, NUM_NODES, mask), attr_dense)
+    _assert_close(layer(features, graph), expected, 1e-10)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_node_chunk_equivariant(dtype):
+    graph = _graph(dtype, edge_mask=(np.arange(NUM_EDGES) % 5 != 2).astype(dtype))
+    layer = _built(_att(dtype=dtype, num_heads=2, node_chunk=3), _features(dtype=dtype), graph)
+
+    def attention(features, positions):
+        return layer(features, {**graph, "positions": positions})
+
+    args = [_features(dtype=dtype, seed=7), graph["positions"]]
+    assert_equivariant(attention, [IRREPS_IN, CARTESIAN_POINTS], IRREPS_OUT, args_in=args, dtype=dtype)
+
+
+@pytest.mark.parametrize("node_chunk, max_neighbors, mode",
+                         [(3, None, "eager"), (2, MAX_IN_DEGREE, "function"), (3, MAX_IN_DEGREE, "xla")])
+def test_node_chunk_equals_unblocked_with_gradients(node_chunk, max_neighbors, mode):
+    """Output and every gradient (features, positions, all weights) equal the unblocked layer's."""
+    graph, features = _mask_attr_shifts_graph(), _features("2x0e+2x1o")
+    kwargs = dict(irreps_in="2x0e+2x1o", irreps_out="2x0e+2x1o", irreps_sh=2, num_heads=2)
+    plain = _built(_att(**kwargs), features, graph)
+    blocked = _att(**kwargs, node_chunk=node_chunk, max_neighbors=max_neighbors)
+    blocked(features, graph)
+    blocked.set_weights(plain.get_weights())
+    cotangent = _rng(17).normal(size=(NUM_NODES, Irreps("2x0e+2x1o").dim))
+
+    def value_and_gradients(layer):
+        def fn(x, positions):
+            with tf.GradientTape() as tape:
+                tape.watch([x, positions])
+                out = layer(x, {**graph, "positions": positions})
+                loss = tf.reduce_sum(out * cotangent)
+            return [out] + [tf.convert_to_tensor(g) for g in tape.gradient(loss, [x, positions]
+                                                                            + layer.trainable_weights)]
+        if mode != "eager":
+            fn = tf.function(fn, jit_compile=mode == "xla")
+        return fn(tf.constant(features), tf.constant(graph["positions"]))
+
+    expected, got = value_and_gradients(plain), value_and_gradients(blocked)
+    assert len(got) == 3 + len(plain.trainable_weights)  # output, features, positions, weights
+    for i, (g, e) in enumerate(zip(got, expected)):
+        assert np.abs(_np(e)).max() > 1e-6, i  # no vacuous comparison
+        _assert_close(g, e, 1e-12, f"output/gradient {i}")
+
+
+def test_node_chunk_with_unknown_number_of_nodes():
+    graph, features = _graph(), _features()
+    plain = _built(_att(num_heads=2), features, graph)
+    blocked = _att(num_heads=2, node_chunk=2)
+    blocked(features, graph)
+    blocked.set_weights(plain.get_weights())
+    spec = {"positions": tf.TensorSpec([None, 3], "float64"), "senders": tf.TensorSpec([None], "int32"),
+            "receivers": tf.TensorSpec([None], "int32")}
+    f = tf.function(blocked, input_signature=[tf.TensorSpec([None, Irreps(IRREPS_IN).dim], "float64"), spec])
+    _assert_close(f(features, graph), _np(plain(features, graph)), 1e-12)
+    sub = dict(positions=graph["positions"][:1], senders=np.zeros(0, "int32"), receivers=np.zeros(0, "int32"))
+    _assert_close(f(features[:1], sub), _np(plain(features[:1], sub)), 1e-12)  # one node, no edges
+
+
+def test_node_chunk_second_order_gradients_are_not_supported():
+    """Documented limit: recompute_grad has no gradient of its gradient."""
+    graph, features = _graph(), _features()
+    layer = _built(_att(node_chunk=3), features, graph)
+    positions = tf.constant(graph["positions"])
+    with pytest.raises(NotImplementedError, match="recompute_grad"):
+        with tf.GradientTape() as outer:
+            with tf.GradientTape() as inner:
+                inner.watch(positions)
+                energy = tf.reduce_sum(layer(features, {**graph, "positions": positions})[:, :2] ** 2)
+            forces = tf.convert_to_tensor(inner.gradient(energy, positions))
+            loss = tf.reduce_sum(forces**2)
+        outer.gradient(loss, layer.trainable_weights)
+
+
+def test_node_chunk_config_round_trip():
+    graph, features = _graph(), _features()
+    layer = _built(_att(num_heads=2, node_chunk=2, max_neighbors=MAX_IN_DEGREE), features, graph)
+    config = layer.get_config()
+    assert config["node_chunk"] == 2 and config["max_neighbors"] == MAX_IN_DEGREE
+    clone = SE3Attention.from_config(config)
+    clone(features, graph)
+    clone.set_weights(layer.get_weights())
+    assert clone.node_chunk == 2 and clone.max_neighbors == MAX_IN_DEGREE
+    _assert_close(clone(features, graph), _np(layer(features, graph)), 1e-14)
+
+
+@pytest.mark.parametrize("name", ["node_chunk", "max_neighbors"])
+@pytest.mark.parametrize("bad", [0, -2, 2.5, True, "4"])
+def test_bad_node_chunk_or_max_neighbors_raises(name, bad):
+    with pytest.raises(ValueError, match=name):
+        _att(**{name: bad})

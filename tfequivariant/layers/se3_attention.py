@@ -76,6 +76,16 @@ class SE3Attention(EdgeFilterLayer):
         irreps_sh, num_radial_basis, cutoff, radial_basis, radial_hidden,
             radial_activation: the filters, as in ``PointConvolution``.
         self_interaction: add ``W_V f_i`` (default True).
+        max_neighbors: static ``K`` of the receiver blocks (``node_chunk`` under XLA
+            needs it; every node must receive at most ``K`` unmasked edges). Default
+            None: the largest in-degree, computed at run time.
+        node_chunk: process the receivers in blocks of this many nodes, one block after
+            another (``tf.map_fn``), each over its padded ``[node_chunk, K]`` incoming
+            edges, recomputed in the backward pass (``tf.recompute_grad``). The softmax
+            of a receiver lies within its block, so the numbers are those of the
+            unblocked layer, but memory grows with ``node_chunk * K`` instead of the
+            per-edge weights of the whole graph. Default None (no blocks). Gradients of
+            gradients are not supported through blocks.
         **kwargs: base ``Layer`` arguments.
 
     Call arguments:
@@ -113,6 +123,8 @@ class SE3Attention(EdgeFilterLayer):
         radial_hidden=(64,),
         radial_activation="silu",
         self_interaction=True,
+        max_neighbors=None,
+        node_chunk=None,
         **kwargs,
     ):
         super().__init__(
@@ -157,6 +169,8 @@ class SE3Attention(EdgeFilterLayer):
         self.instructions = plan_instructions(self.irreps_in, self.irreps_sh, self.irreps_kv, instructions)
         self.weight_numel = sum(int(np.prod(i.path_shape)) for i in self.instructions)
         self.self_interaction = bool(self_interaction)
+        self.max_neighbors = None if max_neighbors is None else check_positive_int(max_neighbors, "max_neighbors")
+        self.node_chunk = None if node_chunk is None else check_positive_int(node_chunk, "node_chunk")
         self.query = SelfInteraction(
             self.irreps_in, self.irreps_key, use_bias=False, dtype=self.dtype_policy, name="query"
         )
@@ -174,9 +188,13 @@ class SE3Attention(EdgeFilterLayer):
             self.skip.build(features_shape)
 
     def _keys_values(self, features, graph, sh, h):
-        ops = keras.ops
         x_send = tfe_ops.gather(features, graph["senders"])
-        w = ops.matmul(h, ops.cast(self.radial_output, self.compute_dtype)) / math.sqrt(h.shape[-1])
+        return self._edge_keys_values(x_send, sh, h, keras.ops.cast(self.radial_output, self.compute_dtype))
+
+    def _edge_keys_values(self, x_send, sh, h, radial_output):
+        """Keys and values of edges given their sender features ``[E, irreps_in.dim]``."""
+        ops = keras.ops
+        w = ops.matmul(h, radial_output) / math.sqrt(h.shape[-1])
         weights, offset = [], 0
         for ins in self.instructions:
             size = int(np.prod(ins.path_shape))
@@ -202,26 +220,92 @@ class SE3Attention(EdgeFilterLayer):
         h = self._radial_hidden(radial, mask)
         keys, values = self._keys_values(features, graph, sh, h)
         q = tfe_ops.gather(self.query(features), graph["receivers"])
-        products = self.irreps_key.split(q * keys)
-        logits = None
-        for block in products:
-            term = ops.sum(_split_heads(block, self.num_heads), axis=(2, 3))
-            logits = term if logits is None else logits + term
-        logits = logits / math.sqrt(self.irreps_key.dim / self.num_heads)
+        logits = self._logits(q * keys)
         n = tfe_ops.num_nodes(graph["positions"])
         alpha = segment_softmax(logits, graph["receivers"], n, mask)
         return alpha, values
 
-    def call(self, features, graph):
+    def _logits(self, query_times_keys):
+        """``[M, irreps_key.dim]`` products of queries and keys -> ``[M, num_heads]`` logits."""
+        logits = None
+        for block in self.irreps_key.split(query_times_keys):
+            term = keras.ops.sum(_split_heads(block, self.num_heads), axis=(2, 3))
+            logits = term if logits is None else logits + term
+        return logits / math.sqrt(self.irreps_key.dim / self.num_heads)
+
+    def _weighted_values(self, alpha, values):
+        """``sum`` ready rows: ``alpha [M, heads] * values [M, irreps_out.dim]`` per head."""
         ops = keras.ops
-        features = ops.convert_to_tensor(features, dtype=self.compute_dtype)
-        alpha, values = self.attention_weights(features, graph)
         weighted = []
         for (mul, ir), block in zip(self.irreps_out, self.irreps_out.split(values)):
             heads = _split_heads(block, self.num_heads) * alpha[:, :, None, None]
             weighted.append(ops.reshape(heads, (-1, mul * ir.dim)))
-        weighted = ops.concatenate(weighted, axis=-1) if len(weighted) > 1 else weighted[0]
-        out = tfe_ops.segment_sum(weighted, graph["receivers"], tfe_ops.num_nodes(graph["positions"]))
+        return ops.concatenate(weighted, axis=-1) if len(weighted) > 1 else weighted[0]
+
+    def _blocked(self, features, graph, sh, h):
+        """The attention over blocks of ``node_chunk`` receivers (see ``node_chunk``)."""
+        import tensorflow as tf
+
+        n = tfe_ops.num_nodes(graph["positions"])
+        slots = tfe_ops.receiver_slots(graph["receivers"], n, self.max_neighbors, graph.get("edge_mask"))  # [N, K]
+        k = slots.shape[1] if slots.shape[1] is not None else tf.shape(slots)[1]
+        num_edges = tf.shape(sh)[0]
+        senders = tf.concat([tf.cast(graph["senders"], "int32"), tf.reshape(tf.cast(n, "int32"), (1,))], axis=0)
+        sender_slots = tfe_ops.gather(senders, slots)  # empty slots -> the zero row N
+        query = self.query(features)
+
+        def with_zero_row(rows):  # a pad, not a concat: see PointConvolution._per_node
+            return tf.pad(rows, [[0, 1], [0, 0]])
+
+        features, sh, h = with_zero_row(features), with_zero_row(sh), with_zero_row(h)
+        chunk = self.node_chunk
+        num_blocks = (n + chunk - 1) // chunk
+        pad = num_blocks * chunk - n
+        slots = tf.pad(slots, [[0, pad], [0, 0]], constant_values=num_edges)
+        sender_slots = tf.pad(sender_slots, [[0, pad], [0, 0]], constant_values=n)
+        query = tf.pad(query, [[0, pad], [0, 0]])
+        occupied = tf.cast(tf.less(slots, num_edges), self.compute_dtype)  # [N_pad, K]
+
+        def blocks(rows):  # [num_blocks * chunk, ...] -> [num_blocks, chunk, ...]
+            return tf.reshape(rows, tf.concat([[num_blocks, chunk], tf.shape(rows)[1:]], axis=0))
+
+        def block(x, y, hh, q, mask, w):  # [C, K, D] padded incoming edges of C receivers -> [C, out]
+            flat = lambda t: tf.reshape(t, tf.concat([[-1], tf.shape(t)[2:]], axis=0))
+            keys, values = self._edge_keys_values(flat(x), flat(y), flat(hh), w)
+            q_edges = tf.reshape(tf.repeat(q[:, None, :], k, axis=1), (-1, self.irreps_key.dim))
+            logits = tf.reshape(self._logits(q_edges * keys), (chunk, k, self.num_heads))
+            # the masked softmax of segment_softmax, per row of slots
+            keep = tf.greater(mask, 0)[:, :, None]
+            lowest = tf.fill(tf.shape(logits), tf.constant(np.finfo(self.compute_dtype).min, logits.dtype))
+            logits = tf.where(keep, logits, lowest)
+            e = tf.exp(logits - tf.stop_gradient(tf.reduce_max(logits, axis=1, keepdims=True)))
+            e = tf.where(keep, e, tf.zeros_like(e))
+            denom = tf.reduce_sum(e, axis=1, keepdims=True)
+            alpha = e / tf.where(tf.greater(denom, 0), denom, tf.ones_like(denom))
+            weighted = self._weighted_values(tf.reshape(alpha, (-1, self.num_heads)), values)
+            return tf.reduce_sum(tf.reshape(weighted, (chunk, k, self.irreps_out.dim)), axis=1)
+
+        recomputed = tf.recompute_grad(block)
+        w = tf.cast(self.radial_output, self.compute_dtype)
+        out = tf.map_fn(
+            lambda e: recomputed(e[0], e[1], e[2], e[3], e[4], w),
+            (blocks(tfe_ops.gather(features, sender_slots)), blocks(tfe_ops.gather(sh, slots)),
+             blocks(tfe_ops.gather(h, slots)), blocks(query), blocks(occupied)),
+            fn_output_signature=self.compute_dtype,
+        )
+        return tf.reshape(out, (-1, self.irreps_out.dim))[:n]
+
+    def call(self, features, graph):
+        ops = keras.ops
+        features = ops.convert_to_tensor(features, dtype=self.compute_dtype)
+        if self.node_chunk is not None:
+            self.irreps_in._check_features(features, "features")
+            sh, radial, mask = self._edge_inputs(graph)
+            out = self._blocked(features, graph, sh, self._radial_hidden(radial, mask))
+        else:
+            alpha, values = self.attention_weights(features, graph)
+            weighted = self._weighted_values(alpha, values)
+            out = tfe_ops.segment_sum(weighted, graph["receivers"], tfe_ops.num_nodes(graph["positions"]))
         if self.skip is not None:
             out = out + self.skip(features)
         return out
@@ -238,4 +322,6 @@ class SE3Attention(EdgeFilterLayer):
             "num_heads": self.num_heads,
             **self._filter_config(),
             "self_interaction": self.self_interaction,
+            "max_neighbors": self.max_neighbors,
+            "node_chunk": self.node_chunk,
         }
