@@ -312,9 +312,8 @@ def test_run_all_quick_no_e3nn(tmp_path):
     assert text.count("| forward") == 2 * len(expected)
 
 
-def test_conv_bench_node_chunk_runs_are_their_own_variant(tmp_path):
-    # --node-chunks adds per_node XLA runs with PointConvolution(node_chunk=...): they must reach
-    # the layer (the worker reports the blocked layer's timings, both passes) and run_all must file
+def test_conv_bench_node_chunk_labels_and_parsing():
+    # --node-chunks adds per_node XLA runs with PointConvolution(node_chunk=...); run_all must file
     # them as their own variant, not mix them into the unblocked per_node row
     conv = load_script(os.path.join(BENCH, "bench_point_convolution.py"), "tfe_bench_conv_chunks")
     label = conv._label("tf", "per_node", "xla", False, node_chunk=8)
@@ -324,6 +323,11 @@ def test_conv_bench_node_chunk_runs_are_their_own_variant(tmp_path):
     for bad in ("0", "-4", "2.5", "eight"):
         with pytest.raises(SystemExit, match="--node-chunks"):
             conv._node_chunks(bad)
+
+
+@pytest.mark.slow  # about a minute: two XLA compiles in fresh processes
+def test_conv_bench_node_chunk_runs_reach_the_layer(tmp_path):
+    # a real run: the worker reports the blocked layer's node_chunk, both passes, one variant
     out = tmp_path / "conv.json"
     proc = subprocess.run(
         [sys.executable, os.path.join(BENCH, "bench_point_convolution.py"), "--nodes", "40", "--no-e3nn",
