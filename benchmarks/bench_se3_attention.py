@@ -169,7 +169,7 @@ def tf_step(cfg):
     graph, features, cotangent = _tf_inputs(g)
     chunk = cfg.get("node_chunk")
     # blocks under XLA need the static K: the largest in-degree of the graph
-    layer = _tf_layer(chunk, int(np.bincount(g["receivers"]).max()) if chunk else None)
+    layer = _tf_layer(chunk, g["max_degree"] if chunk else None)
     fn = _tf_steps(layer, graph, cotangent, cfg["mode"], cfg["pass"])
     positions = graph["positions"]
 
@@ -849,8 +849,9 @@ def main():
                              "round-robin; sequential: one fresh subprocess after another")
     parser.add_argument("--e3nn-modes", default="eager,compile",
                         help="comma list of eager, compile, compile:<torch.compile mode> (default eager,compile)")
-    parser.add_argument("--tf-modes", default=",".join(TF_MODES), help="comma list of eager, function, xla; mode@N runs SE3Attention(node_chunk=N) (receivers "
-                             "in blocks of N, e.g. xla@16)")
+    parser.add_argument("--tf-modes", default=",".join(TF_MODES),
+                        help="comma list of eager, function, xla; mode@N runs SE3Attention(node_chunk=N) "
+                             "(receivers in blocks of N, e.g. xla@16)")
     parser.add_argument("--passes", default=",".join(PASSES),
                         help="comma list of fwd, fwdbwd (default both; one pass per run keeps runs short)")
     parser.add_argument("--no-e3nn", action="store_true", help="skip e3nn even if importable")

@@ -8,6 +8,7 @@ import numpy as np
 from tfequivariant import ops as tfe_ops
 from tfequivariant.layers._edge_filter import EdgeFilterLayer, check_positive_int, second_moment_constant
 from tfequivariant.layers._per_node import PerNodePlan, last_layer_weights, per_node_convolution
+from tfequivariant.layers._receiver_blocks import map_blocks, pad_to_blocks, receiver_layout, with_zero_row
 from tfequivariant.layers.self_interaction import SelfInteraction, parse_irreps
 from tfequivariant.layers.tensor_product import (
     fully_connected_instructions,
@@ -171,16 +172,8 @@ class PointConvolution(EdgeFilterLayer):
 
         self.irreps_in._check_features(features, "features")
         n = tfe_ops.num_nodes(graph["positions"])
-        slots = tfe_ops.receiver_slots(graph["receivers"], n, self.max_neighbors, graph.get("edge_mask"))  # [N, K]
-        senders = tf.concat([tf.cast(graph["senders"], "int32"), tf.reshape(tf.cast(n, "int32"), (1,))], axis=0)
-        sender_slots = tfe_ops.gather(senders, slots)  # [N, K], empty slots -> the zero row N
-
-        def with_zero_row(rows):
-            # tf.pad, not a concat with a zero row: the gradient of a gather is IndexedSlices, which
-            # concat's gradient splits with tf.where, and XLA's bounds analysis of that Where took
-            # minutes at 10k nodes (pad's gradient makes the slices dense instead)
-            return tf.pad(rows, [[0, 1], [0, 0]])
-
+        slots, sender_slots = receiver_layout(graph, n, self.max_neighbors)  # [N, K]
+        num_edges = tf.shape(sh)[0]
         features, sh, h = with_zero_row(features), with_zero_row(sh), with_zero_row(h)
         weights = last_layer_weights(self._plan, self.radial_output, self.compute_dtype)
 
@@ -199,26 +192,13 @@ class PointConvolution(EdgeFilterLayer):
         # The rows are gathered and put neighbour-last once for the whole graph, outside the
         # loop: transposed inside, the gradient of each block's input was scattered back
         # through a transpose in every iteration.
-        num_blocks = (n + chunk - 1) // chunk
-        pad = num_blocks * chunk - n
-        empty_edge = tf.shape(sh)[0] - 1
-        slots = tf.pad(slots, [[0, pad], [0, 0]], constant_values=empty_edge)
-        sender_slots = tf.pad(sender_slots, [[0, pad], [0, 0]], constant_values=n)
-
-        def blocks(padded):  # [num_blocks * chunk, ...] -> [num_blocks, chunk, ...]
-            return tf.reshape(padded, tf.concat([[num_blocks, chunk], tf.shape(padded)[1:]], axis=0))
-
-        def block(x, y, hh, *w):
-            return per_node_convolution(self._plan, x, y, hh, w)
-
-        recomputed = tf.recompute_grad(block)
-        out = tf.map_fn(
-            lambda e: recomputed(e[0], e[1], e[2], *weights),
-            (blocks(neighbour_last(features, sender_slots)), blocks(neighbour_last(sh, slots)),
-             blocks(tfe_ops.gather(h, slots))),
-            fn_output_signature=self.compute_dtype,
+        slots, sender_slots = pad_to_blocks(n, num_edges, chunk, slots, sender_slots)
+        out = map_blocks(
+            lambda x, y, hh, *w: per_node_convolution(self._plan, x, y, hh, w),
+            (neighbour_last(features, sender_slots), neighbour_last(sh, slots), tfe_ops.gather(h, slots)),
+            weights, chunk, self.compute_dtype,
         )
-        return tf.reshape(out, (-1, self.irreps_out.dim))[:n]
+        return out[:n]
 
     def _per_edge(self, features, graph, sh, h):
         ops = keras.ops

@@ -8,6 +8,7 @@ import numpy as np
 from tfequivariant import ops as tfe_ops
 from tfequivariant.irreps import Irreps
 from tfequivariant.layers._edge_filter import EdgeFilterLayer, check_positive_int
+from tfequivariant.layers._receiver_blocks import map_blocks, pad_to_blocks, receiver_layout, with_zero_row
 from tfequivariant.layers.self_interaction import SelfInteraction, parse_irreps
 from tfequivariant.layers.tensor_product import (
     fully_connected_instructions,
@@ -247,27 +248,13 @@ class SE3Attention(EdgeFilterLayer):
         import tensorflow as tf
 
         n = tfe_ops.num_nodes(graph["positions"])
-        slots = tfe_ops.receiver_slots(graph["receivers"], n, self.max_neighbors, graph.get("edge_mask"))  # [N, K]
+        slots, sender_slots = receiver_layout(graph, n, self.max_neighbors)  # [N, K]
         k = slots.shape[1] if slots.shape[1] is not None else tf.shape(slots)[1]
         num_edges = tf.shape(sh)[0]
-        senders = tf.concat([tf.cast(graph["senders"], "int32"), tf.reshape(tf.cast(n, "int32"), (1,))], axis=0)
-        sender_slots = tfe_ops.gather(senders, slots)  # empty slots -> the zero row N
-        query = self.query(features)
-
-        def with_zero_row(rows):  # a pad, not a concat: see PointConvolution._per_node
-            return tf.pad(rows, [[0, 1], [0, 0]])
-
-        features, sh, h = with_zero_row(features), with_zero_row(sh), with_zero_row(h)
         chunk = self.node_chunk
-        num_blocks = (n + chunk - 1) // chunk
-        pad = num_blocks * chunk - n
-        slots = tf.pad(slots, [[0, pad], [0, 0]], constant_values=num_edges)
-        sender_slots = tf.pad(sender_slots, [[0, pad], [0, 0]], constant_values=n)
-        query = tf.pad(query, [[0, pad], [0, 0]])
+        slots, sender_slots, query = pad_to_blocks(n, num_edges, chunk, slots, sender_slots, self.query(features))
+        features, sh, h = with_zero_row(features), with_zero_row(sh), with_zero_row(h)
         occupied = tf.cast(tf.less(slots, num_edges), self.compute_dtype)  # [N_pad, K]
-
-        def blocks(rows):  # [num_blocks * chunk, ...] -> [num_blocks, chunk, ...]
-            return tf.reshape(rows, tf.concat([[num_blocks, chunk], tf.shape(rows)[1:]], axis=0))
 
         def block(x, y, hh, q, mask, w):  # [C, K, D] padded incoming edges of C receivers -> [C, out]
             flat = lambda t: tf.reshape(t, tf.concat([[-1], tf.shape(t)[2:]], axis=0))
@@ -285,15 +272,13 @@ class SE3Attention(EdgeFilterLayer):
             weighted = self._weighted_values(tf.reshape(alpha, (-1, self.num_heads)), values)
             return tf.reduce_sum(tf.reshape(weighted, (chunk, k, self.irreps_out.dim)), axis=1)
 
-        recomputed = tf.recompute_grad(block)
-        w = tf.cast(self.radial_output, self.compute_dtype)
-        out = tf.map_fn(
-            lambda e: recomputed(e[0], e[1], e[2], e[3], e[4], w),
-            (blocks(tfe_ops.gather(features, sender_slots)), blocks(tfe_ops.gather(sh, slots)),
-             blocks(tfe_ops.gather(h, slots)), blocks(query), blocks(occupied)),
-            fn_output_signature=self.compute_dtype,
+        out = map_blocks(
+            block,
+            (tfe_ops.gather(features, sender_slots), tfe_ops.gather(sh, slots), tfe_ops.gather(h, slots), query,
+             occupied),
+            (tf.cast(self.radial_output, self.compute_dtype),), chunk, self.compute_dtype,
         )
-        return tf.reshape(out, (-1, self.irreps_out.dim))[:n]
+        return out[:n]
 
     def call(self, features, graph):
         ops = keras.ops
