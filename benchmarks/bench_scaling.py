@@ -93,7 +93,7 @@ def series_list(conv_modes, attention_modes, e3nn_mode, have_e3nn, only=""):
     """The configurations as dicts: workload, label, worker kind, cfg fields.
 
     ``conv_modes``: "impl:mode" strings (e.g. "per_node:xla", or "per_node@500:xla" for
-    ``node_chunk=500``); ``attention_modes``: TF modes ("xla@16": ``node_chunk=16``);
+    ``node_chunk=500``); ``attention_modes``: TF modes ("xla@16": ``node_chunk=16``, "xla@e2048": ``edge_chunk=2048``);
     ``only``: comma list of substrings, a configuration runs if its "workload label" has one.
     """
     out = []
@@ -106,9 +106,9 @@ def series_list(conv_modes, attention_modes, e3nn_mode, have_e3nn, only=""):
     if have_e3nn and e3nn_mode:
         out.append({"workload": "conv", "label": f"e3nn {e3nn_mode}", "kind": "conv-e3nn", "cfg": {"mode": e3nn_mode}})
     for spec in attention_modes:
-        mode, chunk = att_bench.split_mode(spec)  # "xla@16": SE3Attention(node_chunk=16)
-        out.append({"workload": "attention", "label": f"tfe {mode}" + (f" node_chunk={chunk}" if chunk else ""),
-                    "kind": "att-tf", "cfg": {"mode": mode, "node_chunk": chunk}})
+        mode, chunks = att_bench.split_mode(spec)  # "xla@16": node_chunk=16, "xla@e2048": edge_chunk=2048
+        out.append({"workload": "attention", "label": f"tfe {mode}" + att_bench.chunk_label(chunks),
+                    "kind": "att-tf", "cfg": {"mode": mode, **chunks}})
     if have_e3nn and e3nn_mode:
         out.append({"workload": "attention", "label": f"e3nn {e3nn_mode}", "kind": "att-e3nn",
                     "cfg": {"mode": e3nn_mode}})
@@ -627,7 +627,7 @@ def main(argv=None):
                         help="comma list of implementation[@node_chunk]:mode of PointConvolution (default "
                              "per_node@500:xla,per_edge:function; modes eager, function, xla)")
     parser.add_argument("--attention-modes", default="xla,function",
-                        help="comma list of SE3Attention TF modes, mode@N for node_chunk=N (default xla,function; "
+                        help="comma list of SE3Attention TF modes, mode@N for node_chunk=N, mode@eN for edge_chunk=N (default xla,function; "
                              "empty to skip)")
     parser.add_argument("--e3nn-mode", help="e3nn's mode: compile (default), compile:<torch.compile mode>, eager; "
                                             "--quick: eager")

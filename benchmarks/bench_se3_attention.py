@@ -133,7 +133,7 @@ def flop_counts(num_nodes, num_edges):
 
 
 # -- TensorFlow side -----------------------------------------------------------------
-def _tf_layer(node_chunk=None, max_neighbors=None):
+def _tf_layer(node_chunk=None, max_neighbors=None, edge_chunk=None):
     import keras
     import tensorflow as tf
 
@@ -154,6 +154,7 @@ def _tf_layer(node_chunk=None, max_neighbors=None):
         self_interaction=True,
         node_chunk=node_chunk,
         max_neighbors=max_neighbors,
+        edge_chunk=edge_chunk,
     )
     layer(tf.zeros((2, layer.irreps_in.dim)), {"positions": tf.constant([[0.0, 0, 0], [1.0, 0, 0]]),
                                                "senders": tf.constant([0], tf.int32),
@@ -168,8 +169,8 @@ def tf_step(cfg):
     g = build_graph(cfg["nodes"])
     graph, features, cotangent = _tf_inputs(g)
     chunk = cfg.get("node_chunk")
-    # blocks under XLA need the static K: the largest in-degree of the graph
-    layer = _tf_layer(chunk, g["max_degree"] if chunk else None)
+    # receiver blocks under XLA need the static K: the largest in-degree of the graph
+    layer = _tf_layer(chunk, g["max_degree"] if chunk else None, cfg.get("edge_chunk"))
     fn = _tf_steps(layer, graph, cotangent, cfg["mode"], cfg["pass"])
     positions = graph["positions"]
 
@@ -636,18 +637,29 @@ def _run_worker(kind, cfg, timeout):
 
 
 def split_mode(spec):
-    """``"xla@16"`` -> ("xla", 16): a TF mode with ``SE3Attention(node_chunk=16)``; ``"xla"`` -> ("xla", None)."""
+    """A TF mode and the layer's chunking: ``"xla@16"`` -> ("xla", {"node_chunk": 16})
+    (``SE3Attention(node_chunk=16)``), ``"function@e2048"`` -> ("function", {"edge_chunk": 2048}),
+    ``"xla"`` -> ("xla", {})."""
     mode, _, chunk = spec.partition("@")
-    if chunk and (not chunk.isdigit() or int(chunk) < 1):
-        raise SystemExit(f"a TF mode takes @<positive node_chunk>, e.g. xla@16. Received: {spec!r}")
-    return mode, int(chunk) if chunk else None
+    if not chunk:
+        return mode, {}
+    key, digits = ("edge_chunk", chunk[1:]) if chunk.startswith("e") else ("node_chunk", chunk)
+    if not digits.isdigit() or int(digits) < 1:
+        raise SystemExit("a TF mode takes @<positive node_chunk> or @e<positive edge_chunk>, e.g. xla@16 or "
+                         f"function@e2048. Received: {spec!r}")
+    return mode, {key: int(digits)}
+
+
+def chunk_label(chunks):
+    """``{"node_chunk": 16}`` -> " node_chunk=16" (the label suffix; "" without chunks)."""
+    return "".join(f" {k}={v}" for k, v in chunks.items())
 
 
 def _label(kind, mode):
     if kind == "e3nn":
         return f"e3nn {mode}"
-    mode, chunk = split_mode(mode)
-    return f"tfe {mode}" + (f" node_chunk={chunk}" if chunk else "")
+    mode, chunks = split_mode(mode)
+    return f"tfe {mode}" + chunk_label(chunks)
 
 
 def _configs(args, have_e3nn):
@@ -662,7 +674,8 @@ def _cfg(kind, mode, pass_, base, check, tmpdir):
     cfg = {**base, "mode": mode, "pass": pass_,
            "dump": os.path.join(tmpdir, f"{_label(kind, mode).replace(' ', '_').replace(':', '_')}_{pass_}.npz")}
     if kind == "tf":
-        cfg["mode"], cfg["node_chunk"] = split_mode(mode)
+        cfg["mode"], chunks = split_mode(mode)
+        cfg.update(chunks)
     if kind == "e3nn":
         if mode.startswith("compile"):
             cfg["warmup"] = max(base["warmup"], 3)  # compiled forward and backward settle after 2 calls
@@ -851,7 +864,8 @@ def main():
                         help="comma list of eager, compile, compile:<torch.compile mode> (default eager,compile)")
     parser.add_argument("--tf-modes", default=",".join(TF_MODES),
                         help="comma list of eager, function, xla; mode@N runs SE3Attention(node_chunk=N) "
-                             "(receivers in blocks of N, e.g. xla@16)")
+                             "(receivers in blocks of N, e.g. xla@16), mode@eN SE3Attention(edge_chunk=N) "
+                             "(edges in chunks of N, e.g. function@e2048)")
     parser.add_argument("--passes", default=",".join(PASSES),
                         help="comma list of fwd, fwdbwd (default both; one pass per run keeps runs short)")
     parser.add_argument("--no-e3nn", action="store_true", help="skip e3nn even if importable")

@@ -160,9 +160,10 @@ def test_series_and_only():
     chunked = sc.series_list(["per_node@500:xla"], [], "compile", False)
     assert [s["label"] for s in chunked] == ["tfe per_node xla node_chunk=500"]
     assert chunked[0]["cfg"] == {"impl": "per_node", "mode": "xla", "si": False, "node_chunk": 500}
-    att_chunked = sc.series_list([], ["xla@16"], "compile", False)
-    assert [s["label"] for s in att_chunked] == ["tfe xla node_chunk=16"]
+    att_chunked = sc.series_list([], ["xla@16", "function@e1024"], "compile", False)
+    assert [s["label"] for s in att_chunked] == ["tfe xla node_chunk=16", "tfe function edge_chunk=1024"]
     assert att_chunked[0]["cfg"] == {"mode": "xla", "node_chunk": 16}
+    assert att_chunked[1]["cfg"] == {"mode": "function", "edge_chunk": 1024}
     with pytest.raises(SystemExit, match="xla@16"):
         sc.series_list([], ["xla@0"], "compile", False)
     no_e3nn = sc.series_list(["per_node:xla"], ["xla"], "compile", False)

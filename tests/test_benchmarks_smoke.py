@@ -342,29 +342,36 @@ def test_conv_bench_node_chunk_runs_reach_the_layer(tmp_path):
     assert {r["variant"] for r in run_all.records_conv(json.loads(out.read_text()))} == {"per_node node_chunk=16"}
 
 
-def test_attention_bench_node_chunk_modes(tmp_path):
-    # "xla@16" runs SE3Attention(node_chunk=16) under XLA: its own label, its own run_all variant,
-    # and the worker builds the blocked layer (checked on a real, tiny run against the unblocked one)
+def test_attention_bench_chunk_modes(tmp_path):
+    # "xla@16" runs SE3Attention(node_chunk=16) under XLA and "function@e64" SE3Attention(edge_chunk=64)
+    # under tf.function: their own labels, their own run_all variants, and the worker builds the
+    # chunked layer (checked on a real, tiny run against the unchunked one)
     att = load_script(os.path.join(BENCH, "bench_se3_attention.py"), "tfe_bench_att_chunks")
-    assert att.split_mode("xla@16") == ("xla", 16) and att.split_mode("function") == ("function", None)
-    for bad in ("xla@0", "xla@x", "xla@-1"):
+    assert att.split_mode("xla@16") == ("xla", {"node_chunk": 16})
+    assert att.split_mode("function@e2048") == ("function", {"edge_chunk": 2048})
+    assert att.split_mode("function") == ("function", {})
+    for bad in ("xla@0", "xla@x", "xla@-1", "xla@e", "xla@e0", "xla@ex"):
         with pytest.raises(SystemExit, match="node_chunk"):
             att.split_mode(bad)
-    label = att._label("tf", "xla@16")
-    assert label == "tfe xla node_chunk=16"
-    assert run_all._split_label(label) == ("tfe", "xla", "node_chunk=16")
+    for mode, label, variant in (("xla@16", "tfe xla node_chunk=16", "node_chunk=16"),
+                                 ("function@e64", "tfe function edge_chunk=64", "edge_chunk=64")):
+        assert att._label("tf", mode) == label
+        assert run_all._split_label(label) == ("tfe", mode.split("@")[0], variant)
     cfg = att._cfg("tf", "xla@16", "fwd", {"nodes": 40}, None, str(tmp_path))
-    assert (cfg["mode"], cfg["node_chunk"]) == ("xla", 16)
+    assert (cfg["mode"], cfg["node_chunk"]) == ("xla", 16) and "edge_chunk" not in cfg
+    cfg = att._cfg("tf", "function@e64", "fwd", {"nodes": 40}, None, str(tmp_path))
+    assert (cfg["mode"], cfg["edge_chunk"]) == ("function", 64) and "node_chunk" not in cfg
     out = tmp_path / "att.json"
     proc = subprocess.run(
         [sys.executable, os.path.join(BENCH, "bench_se3_attention.py"), "--nodes", "40", "--no-e3nn",
-         "--tf-modes", "function,function@16", "--passes", "fwd", "--reps", "1", "--warmup", "0", "--json", str(out)],
+         "--tf-modes", "function,function@16,function@e64", "--passes", "fwd", "--reps", "1", "--warmup", "0",
+         "--json", str(out)],
         capture_output=True, text=True, timeout=900, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-2000:]
     data = json.loads(out.read_text())
     assert {(r["label"], r["pass"]) for r in data["results"]} == {
-        ("tfe function", "fwd"), ("tfe function node_chunk=16", "fwd")}
+        ("tfe function", "fwd"), ("tfe function node_chunk=16", "fwd"), ("tfe function edge_chunk=64", "fwd")}
     assert all("error" not in r for r in data["results"]), data["results"]
     dumps = {r["label"]: np.load(r["dump"]) for r in data["results"]}
-    np.testing.assert_allclose(dumps["tfe function node_chunk=16"]["out"], dumps["tfe function"]["out"],
-                               rtol=1e-4, atol=1e-4)
+    for chunked in ("tfe function node_chunk=16", "tfe function edge_chunk=64"):
+        np.testing.assert_allclose(dumps[chunked]["out"], dumps["tfe function"]["out"], rtol=1e-4, atol=1e-4)

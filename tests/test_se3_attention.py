@@ -695,7 +695,8 @@ def test_segment_softmax_xla_equals_eager():
 
 
 # ==================================================================================
-# 9. Receiver blocks (node_chunk): the same function, blocks of receivers one after another
+# 9. Chunks: the same function over blocks of receivers (node_chunk) or chunks of edges
+#    (edge_chunk), one after another
 # ==================================================================================
 MAX_IN_DEGREE = 4  # of RECEIVERS
 
@@ -706,24 +707,27 @@ def _mask_attr_shifts_graph(dtype="float64"):
                   edge_shifts=(_rng(16).normal(size=(NUM_EDGES, 3)) * 0.2).astype(dtype))
 
 
-@pytest.mark.parametrize("node_chunk, max_neighbors", [(3, None), (2, MAX_IN_DEGREE), (20, None)])
-def test_node_chunk_matches_dense_reference(node_chunk, max_neighbors):
-    """Blocks of 3 (the last one padded), 2 with a static K, and one block larger than the graph."""
+@pytest.mark.parametrize("chunking", [dict(node_chunk=3), dict(node_chunk=2, max_neighbors=MAX_IN_DEGREE),
+                                      dict(node_chunk=20), dict(edge_chunk=5), dict(edge_chunk=1000)])
+def test_chunks_match_dense_reference(chunking):
+    """Blocks of 3 receivers (the last one padded), 2 with a static K, one block larger than the
+    graph; chunks of 5 edges (the last one padded), one chunk larger than the graph."""
     rng = _rng(7)
     attr_dense = rng.normal(size=(NUM_NODES, NUM_NODES, 3))
     mask = (np.arange(NUM_EDGES) % 3 != 2).astype("float64")
     graph = _graph(edge_mask=mask, edge_attr=attr_dense[RECEIVERS, SENDERS])
     features = _features()
-    layer = _built(_att(num_heads=2, node_chunk=node_chunk, max_neighbors=max_neighbors), features, graph)
+    layer = _built(_att(num_heads=2, **chunking), features, graph)
     expected, _ = dense_attention(layer, features, graph["positions"],
                                   _adjacency(SENDERS, RECEIVERS, NUM_NODES, mask), attr_dense)
     _assert_close(layer(features, graph), expected, 1e-10)
 
 
+@pytest.mark.parametrize("chunking", [dict(node_chunk=3), dict(edge_chunk=7)])
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_node_chunk_equivariant(dtype):
+def test_chunks_equivariant(dtype, chunking):
     graph = _graph(dtype, edge_mask=(np.arange(NUM_EDGES) % 5 != 2).astype(dtype))
-    layer = _built(_att(dtype=dtype, num_heads=2, node_chunk=3), _features(dtype=dtype), graph)
+    layer = _built(_att(dtype=dtype, num_heads=2, **chunking), _features(dtype=dtype), graph)
 
     def attention(features, positions):
         return layer(features, {**graph, "positions": positions})
@@ -732,14 +736,16 @@ def test_node_chunk_equivariant(dtype):
     assert_equivariant(attention, [IRREPS_IN, CARTESIAN_POINTS], IRREPS_OUT, args_in=args, dtype=dtype)
 
 
-@pytest.mark.parametrize("node_chunk, max_neighbors, mode",
-                         [(3, None, "eager"), (2, MAX_IN_DEGREE, "function"), (3, MAX_IN_DEGREE, "xla")])
-def test_node_chunk_equals_unblocked_with_gradients(node_chunk, max_neighbors, mode):
+@pytest.mark.parametrize("chunking, mode",
+                         [(dict(node_chunk=3), "eager"), (dict(node_chunk=2, max_neighbors=MAX_IN_DEGREE), "function"),
+                          (dict(node_chunk=3, max_neighbors=MAX_IN_DEGREE), "xla"), (dict(edge_chunk=5), "eager"),
+                          (dict(edge_chunk=4), "function"), (dict(edge_chunk=6), "xla")])
+def test_chunks_equal_unchunked_with_gradients(chunking, mode):
     """Output and every gradient (features, positions, all weights) equal the unblocked layer's."""
     graph, features = _mask_attr_shifts_graph(), _features("2x0e+2x1o")
     kwargs = dict(irreps_in="2x0e+2x1o", irreps_out="2x0e+2x1o", irreps_sh=2, num_heads=2)
     plain = _built(_att(**kwargs), features, graph)
-    blocked = _att(**kwargs, node_chunk=node_chunk, max_neighbors=max_neighbors)
+    blocked = _att(**kwargs, **chunking)
     blocked(features, graph)
     blocked.set_weights(plain.get_weights())
     cotangent = _rng(17).normal(size=(NUM_NODES, Irreps("2x0e+2x1o").dim))
@@ -763,10 +769,11 @@ def test_node_chunk_equals_unblocked_with_gradients(node_chunk, max_neighbors, m
         _assert_close(g, e, 1e-12, f"output/gradient {i}")
 
 
-def test_node_chunk_with_unknown_number_of_nodes():
+@pytest.mark.parametrize("chunking", [dict(node_chunk=2), dict(edge_chunk=3)])
+def test_chunks_with_unknown_numbers_of_nodes_and_edges(chunking):
     graph, features = _graph(), _features()
     plain = _built(_att(num_heads=2), features, graph)
-    blocked = _att(num_heads=2, node_chunk=2)
+    blocked = _att(num_heads=2, **chunking)
     blocked(features, graph)
     blocked.set_weights(plain.get_weights())
     spec = {"positions": tf.TensorSpec([None, 3], "float64"), "senders": tf.TensorSpec([None], "int32"),
@@ -777,10 +784,11 @@ def test_node_chunk_with_unknown_number_of_nodes():
     _assert_close(f(features[:1], sub), _np(plain(features[:1], sub)), 1e-12)  # one node, no edges
 
 
-def test_node_chunk_second_order_gradients_are_not_supported():
+@pytest.mark.parametrize("chunking", [dict(node_chunk=3), dict(edge_chunk=4)])
+def test_chunks_second_order_gradients_are_not_supported(chunking):
     """Documented limit: recompute_grad has no gradient of its gradient."""
     graph, features = _graph(), _features()
-    layer = _built(_att(node_chunk=3), features, graph)
+    layer = _built(_att(**chunking), features, graph)
     positions = tf.constant(graph["positions"])
     with pytest.raises(NotImplementedError, match="recompute_grad"):
         with tf.GradientTape() as outer:
@@ -792,20 +800,26 @@ def test_node_chunk_second_order_gradients_are_not_supported():
         outer.gradient(loss, layer.trainable_weights)
 
 
-def test_node_chunk_config_round_trip():
+@pytest.mark.parametrize("chunking", [dict(node_chunk=2, max_neighbors=MAX_IN_DEGREE), dict(edge_chunk=3)])
+def test_chunks_config_round_trip(chunking):
     graph, features = _graph(), _features()
-    layer = _built(_att(num_heads=2, node_chunk=2, max_neighbors=MAX_IN_DEGREE), features, graph)
+    layer = _built(_att(num_heads=2, **chunking), features, graph)
     config = layer.get_config()
-    assert config["node_chunk"] == 2 and config["max_neighbors"] == MAX_IN_DEGREE
+    assert {k: config[k] for k in chunking} == chunking
     clone = SE3Attention.from_config(config)
     clone(features, graph)
     clone.set_weights(layer.get_weights())
-    assert clone.node_chunk == 2 and clone.max_neighbors == MAX_IN_DEGREE
+    assert {k: getattr(clone, k) for k in chunking} == chunking
     _assert_close(clone(features, graph), _np(layer(features, graph)), 1e-14)
 
 
-@pytest.mark.parametrize("name", ["node_chunk", "max_neighbors"])
+@pytest.mark.parametrize("name", ["node_chunk", "max_neighbors", "edge_chunk"])
 @pytest.mark.parametrize("bad", [0, -2, 2.5, True, "4"])
-def test_bad_node_chunk_or_max_neighbors_raises(name, bad):
+def test_bad_chunk_or_max_neighbors_raises(name, bad):
     with pytest.raises(ValueError, match=name):
         _att(**{name: bad})
+
+
+def test_node_chunk_and_edge_chunk_together_raise():
+    with pytest.raises(ValueError, match=r"node_chunk or edge_chunk, not both.*node_chunk=2, edge_chunk=8"):
+        _att(node_chunk=2, edge_chunk=8)

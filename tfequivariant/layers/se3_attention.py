@@ -87,6 +87,16 @@ class SE3Attention(EdgeFilterLayer):
             unblocked layer, but memory grows with ``node_chunk * K`` instead of the
             per-edge weights of the whole graph. Default None (no blocks). Gradients of
             gradients are not supported through blocks.
+        edge_chunk: process the edges in chunks of this many, one after another, in two
+            passes: the keys and logits of every chunk, the softmax over each receiver's
+            edges, then the values of every chunk weighted by their softmax and summed into
+            their receivers. Each chunk is recomputed in the backward pass
+            (``tf.recompute_grad``), so the per-edge weights exist for one chunk at a time
+            and memory grows with the edges (their harmonics, radial features, sender
+            features and logits), not with the per-edge weights. No padding to a largest
+            in-degree and no ``max_neighbors`` needed; the numbers are those of the
+            unchunked layer. Default None. Not together with ``node_chunk``; no gradients
+            of gradients.
         **kwargs: base ``Layer`` arguments.
 
     Call arguments:
@@ -126,6 +136,7 @@ class SE3Attention(EdgeFilterLayer):
         self_interaction=True,
         max_neighbors=None,
         node_chunk=None,
+        edge_chunk=None,
         **kwargs,
     ):
         super().__init__(
@@ -172,6 +183,26 @@ class SE3Attention(EdgeFilterLayer):
         self.self_interaction = bool(self_interaction)
         self.max_neighbors = None if max_neighbors is None else check_positive_int(max_neighbors, "max_neighbors")
         self.node_chunk = None if node_chunk is None else check_positive_int(node_chunk, "node_chunk")
+        self.edge_chunk = None if edge_chunk is None else check_positive_int(edge_chunk, "edge_chunk")
+        if self.node_chunk is not None and self.edge_chunk is not None:
+            raise ValueError(
+                "Give node_chunk or edge_chunk, not both (they are two ways of bounding the memory). "
+                f"Received: node_chunk={node_chunk!r}, edge_chunk={edge_chunk!r}"
+            )
+        # the key and value paths apart (edge_chunk: keys in a first pass, values in a second);
+        # e3nn's path normalization is per output block, so the coefficients stay those of the fused plan
+        n_key = len(self.irreps_key)
+        self._key_instructions, self._value_instructions, self._key_columns, self._value_columns = [], [], [], []
+        offset = 0
+        for ins in self.instructions:
+            size = int(np.prod(ins.path_shape))
+            if ins.i_out < n_key:
+                self._key_instructions.append(ins)
+                self._key_columns.extend(range(offset, offset + size))
+            else:
+                self._value_instructions.append(ins._replace(i_out=ins.i_out - n_key))
+                self._value_columns.extend(range(offset, offset + size))
+            offset += size
         self.query = SelfInteraction(
             self.irreps_in, self.irreps_key, use_bias=False, dtype=self.dtype_policy, name="query"
         )
@@ -194,24 +225,59 @@ class SE3Attention(EdgeFilterLayer):
 
     def _edge_keys_values(self, x_send, sh, h, radial_output):
         """Keys and values of edges given their sender features ``[E, irreps_in.dim]``."""
+        kv = self._edge_products(x_send, sh, h, radial_output, self.instructions, self.irreps_kv)
+        return kv[:, : self.irreps_key.dim], kv[:, self.irreps_key.dim :]
+
+    def _edge_products(self, x_send, sh, h, radial_output, instructions, irreps_out):
+        """The weighted tensor products of ``instructions`` per edge (``radial_output``: their columns)."""
         ops = keras.ops
         w = ops.matmul(h, radial_output) / math.sqrt(h.shape[-1])
         weights, offset = [], 0
-        for ins in self.instructions:
+        for ins in instructions:
             size = int(np.prod(ins.path_shape))
             weights.append(ops.reshape(w[:, offset : offset + size], (-1,) + tuple(ins.path_shape)))
             offset += size
-        kv = tensor_product(
+        return tensor_product(
             self.irreps_in.split(x_send),
             self.irreps_sh.split(sh),
             weights,
-            self.instructions,
-            self.irreps_kv,
+            instructions,
+            irreps_out,
             (-1,),
             self.compute_dtype,
             shared=False,
         )
-        return kv[:, : self.irreps_key.dim], kv[:, self.irreps_key.dim :]
+
+    def _edge_chunked(self, features, graph, sh, h, mask):
+        """The attention over chunks of ``edge_chunk`` edges (see ``edge_chunk``)."""
+        import tensorflow as tf
+
+        n = tfe_ops.num_nodes(graph["positions"])
+        num_edges = tf.shape(sh)[0]
+        chunk = self.edge_chunk
+        pad = [[0, (num_edges + chunk - 1) // chunk * chunk - num_edges]]
+        senders = tf.pad(tf.cast(graph["senders"], "int32"), pad, constant_values=n)
+        receivers = tf.pad(tf.cast(graph["receivers"], "int32"), pad, constant_values=n)
+        rows = lambda t: tf.pad(t, pad + [[0, 0]])
+        x_send = tfe_ops.gather(with_zero_row(features), senders)
+        q_recv = tfe_ops.gather(with_zero_row(self.query(features)), receivers)
+        sh, h = rows(sh), rows(h)
+        radial_output = tf.cast(self.radial_output, self.compute_dtype)
+        key_w = tf.gather(radial_output, self._key_columns, axis=1)
+        value_w = tf.gather(radial_output, self._value_columns, axis=1)
+
+        def keys_block(x, y, hh, q, w):  # [C, ...] -> logits [C, heads]
+            keys = self._edge_products(x, y, hh, w, self._key_instructions, self.irreps_key)
+            return self._logits(q * keys)
+
+        def values_block(x, y, hh, a, w):  # [C, ...] -> alpha-weighted values [C, irreps_out.dim]
+            values = self._edge_products(x, y, hh, w, self._value_instructions, self.irreps_out)
+            return self._weighted_values(a, values)
+
+        logits = map_blocks(keys_block, (x_send, sh, h, q_recv), (key_w,), chunk, self.compute_dtype)
+        alpha = segment_softmax(logits[:num_edges], graph["receivers"], n, mask)
+        weighted = map_blocks(values_block, (x_send, sh, h, rows(alpha)), (value_w,), chunk, self.compute_dtype)
+        return tfe_ops.segment_sum(weighted[:num_edges], graph["receivers"], n)
 
     def attention_weights(self, features, graph):
         """``alpha [E, num_heads]`` and the values ``[E, irreps_out.dim]`` (for inspection)."""
@@ -283,7 +349,11 @@ class SE3Attention(EdgeFilterLayer):
     def call(self, features, graph):
         ops = keras.ops
         features = ops.convert_to_tensor(features, dtype=self.compute_dtype)
-        if self.node_chunk is not None:
+        if self.edge_chunk is not None:
+            self.irreps_in._check_features(features, "features")
+            sh, radial, mask = self._edge_inputs(graph)
+            out = self._edge_chunked(features, graph, sh, self._radial_hidden(radial, mask), mask)
+        elif self.node_chunk is not None:
             self.irreps_in._check_features(features, "features")
             sh, radial, mask = self._edge_inputs(graph)
             out = self._blocked(features, graph, sh, self._radial_hidden(radial, mask))
@@ -309,4 +379,5 @@ class SE3Attention(EdgeFilterLayer):
             "self_interaction": self.self_interaction,
             "max_neighbors": self.max_neighbors,
             "node_chunk": self.node_chunk,
+            "edge_chunk": self.edge_chunk,
         }
