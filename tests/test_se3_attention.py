@@ -784,6 +784,20 @@ def test_chunks_with_unknown_numbers_of_nodes_and_edges(chunking):
     _assert_close(f(features[:1], sub), _np(plain(features[:1], sub)), 1e-12)  # one node, no edges
 
 
+@pytest.mark.parametrize("chunking", [dict(node_chunk=2), dict(edge_chunk=3)])
+def test_chunks_without_edges_eager(chunking):
+    """No edge at all (no chunk to run) in eager mode: only the self-interaction, right width."""
+    graph, features = _graph(), _features()
+    plain = _built(_att(num_heads=2), features, graph)
+    chunked = _att(num_heads=2, **chunking)
+    chunked(features, graph)
+    chunked.set_weights(plain.get_weights())
+    sub = dict(positions=graph["positions"][:2], senders=np.zeros(0, "int32"), receivers=np.zeros(0, "int32"))
+    got = chunked(features[:2], sub)
+    assert tuple(got.shape) == (2, Irreps(IRREPS_OUT).dim)
+    _assert_close(got, _np(plain(features[:2], sub)), 1e-12)
+
+
 @pytest.mark.parametrize("chunking", [dict(node_chunk=3), dict(edge_chunk=4)])
 def test_chunks_second_order_gradients_are_not_supported(chunking):
     """Documented limit: recompute_grad has no gradient of its gradient."""

@@ -48,19 +48,21 @@ def pad_to_blocks(num_nodes, num_edges, chunk, slots, sender_slots, *node_rows):
             *(tf.pad(rows, pad) for rows in node_rows))
 
 
-def map_blocks(block, per_receiver, shared, chunk, dtype):
-    """``block`` over blocks of ``chunk`` receivers, one after another, recomputed in the backward pass.
+def map_blocks(block, per_receiver, shared, chunk, width, dtype):
+    """``block`` over blocks of ``chunk`` rows (receivers or edges), one after another,
+    recomputed in the backward pass.
 
     Args:
-        block: ``block(*per_receiver_block, *shared) -> [chunk, D]``.
+        block: ``block(*per_receiver_block, *shared) -> [chunk, width]``.
         per_receiver: tensors whose leading dimension is a whole number of blocks.
         shared: tensors every block receives whole (weights, passed explicitly so
             that ``tf.recompute_grad`` differentiates them).
-        chunk: receivers per block.
+        chunk: rows per block.
+        width: the static width of ``block``'s output (kept when there is no block).
         dtype: the output dtype.
 
     Returns:
-        ``[num_blocks * chunk, D]``. Memory is that of one block (``tf.recompute_grad``),
+        ``[num_blocks * chunk, width]``. Memory is that of one block (``tf.recompute_grad``),
         which also has no gradients of gradients.
     """
     import tensorflow as tf
@@ -70,5 +72,5 @@ def map_blocks(block, per_receiver, shared, chunk, dtype):
 
     recomputed = tf.recompute_grad(block)
     out = tf.map_fn(lambda e: recomputed(*e, *shared), tuple(blocks(rows) for rows in per_receiver),
-                    fn_output_signature=dtype)
-    return tf.reshape(out, (-1, out.shape[-1]))
+                    fn_output_signature=tf.TensorSpec((chunk, width), dtype))
+    return tf.reshape(out, (-1, width))

@@ -196,7 +196,7 @@ class PointConvolution(EdgeFilterLayer):
         out = map_blocks(
             lambda x, y, hh, *w: per_node_convolution(self._plan, x, y, hh, w),
             (neighbour_last(features, sender_slots), neighbour_last(sh, slots), tfe_ops.gather(h, slots)),
-            weights, chunk, self.compute_dtype,
+            weights, chunk, self.irreps_out.dim, self.compute_dtype,
         )
         return out[:n]
 

@@ -259,24 +259,27 @@ class SE3Attention(EdgeFilterLayer):
         senders = tf.pad(tf.cast(graph["senders"], "int32"), pad, constant_values=n)
         receivers = tf.pad(tf.cast(graph["receivers"], "int32"), pad, constant_values=n)
         rows = lambda t: tf.pad(t, pad + [[0, 0]])
-        x_send = tfe_ops.gather(with_zero_row(features), senders)
-        q_recv = tfe_ops.gather(with_zero_row(self.query(features)), receivers)
         sh, h = rows(sh), rows(h)
+        # node rows are gathered inside the chunks (per-edge copies of the features and queries,
+        # and of their gradients, would be most of the memory); empty slots gather the zero row
+        nodes, queries = with_zero_row(features), with_zero_row(self.query(features))
         radial_output = tf.cast(self.radial_output, self.compute_dtype)
         key_w = tf.gather(radial_output, self._key_columns, axis=1)
         value_w = tf.gather(radial_output, self._value_columns, axis=1)
 
-        def keys_block(x, y, hh, q, w):  # [C, ...] -> logits [C, heads]
-            keys = self._edge_products(x, y, hh, w, self._key_instructions, self.irreps_key)
-            return self._logits(q * keys)
+        def keys_block(s, r, y, hh, x, q, w):  # a chunk's edges -> logits [C, heads]
+            keys = self._edge_products(tf.gather(x, s), y, hh, w, self._key_instructions, self.irreps_key)
+            return self._logits(tf.gather(q, r) * keys)
 
-        def values_block(x, y, hh, a, w):  # [C, ...] -> alpha-weighted values [C, irreps_out.dim]
-            values = self._edge_products(x, y, hh, w, self._value_instructions, self.irreps_out)
+        def values_block(s, y, hh, a, x, w):  # a chunk's edges -> alpha-weighted values [C, irreps_out.dim]
+            values = self._edge_products(tf.gather(x, s), y, hh, w, self._value_instructions, self.irreps_out)
             return self._weighted_values(a, values)
 
-        logits = map_blocks(keys_block, (x_send, sh, h, q_recv), (key_w,), chunk, self.compute_dtype)
+        logits = map_blocks(keys_block, (senders, receivers, sh, h), (nodes, queries, key_w), chunk, self.num_heads,
+                            self.compute_dtype)
         alpha = segment_softmax(logits[:num_edges], graph["receivers"], n, mask)
-        weighted = map_blocks(values_block, (x_send, sh, h, rows(alpha)), (value_w,), chunk, self.compute_dtype)
+        weighted = map_blocks(values_block, (senders, sh, h, rows(alpha)), (nodes, value_w), chunk,
+                              self.irreps_out.dim, self.compute_dtype)
         return tfe_ops.segment_sum(weighted[:num_edges], graph["receivers"], n)
 
     def attention_weights(self, features, graph):
@@ -342,7 +345,7 @@ class SE3Attention(EdgeFilterLayer):
             block,
             (tfe_ops.gather(features, sender_slots), tfe_ops.gather(sh, slots), tfe_ops.gather(h, slots), query,
              occupied),
-            (tf.cast(self.radial_output, self.compute_dtype),), chunk, self.compute_dtype,
+            (tf.cast(self.radial_output, self.compute_dtype),), chunk, self.irreps_out.dim, self.compute_dtype,
         )
         return out[:n]
 
