@@ -387,6 +387,29 @@ def test_tflite_builtins_only_and_matches_keras_at_several_sizes(artifacts, name
         np.testing.assert_allclose(out, _keras(exported.model, graph), atol=ATOL, rtol=0, err_msg=f"N={num_nodes}")
 
 
+def test_edge_chunked_attention_exports_to_saved_model_and_tflite(tmp_path):
+    """SE3Attention(edge_chunk=...) inside the model: its loop over chunks becomes a WHILE of
+    builtins, and the served numbers are the unchunked model's."""
+    keras.utils.set_random_seed(0)
+    plain = build_se3_transformer("1x1o", "2x1o", num_heads=2, **SIDE)
+    keras.utils.set_random_seed(0)
+    chunked = build_se3_transformer("1x1o", "2x1o", num_heads=2, attention_edge_chunk=16, **SIDE)
+    chunked.set_weights(plain.get_weights())
+    saved = export.export_saved_model(chunked, tmp_path / "chunked")
+    loaded = tf.saved_model.load(saved)
+    path = tmp_path / "chunked.tflite"
+    export.to_tflite(saved, path)
+    ops = export.tflite_ops(path)
+    assert "WHILE" in ops and not [op for op in ops if op.startswith("Flex") or op in ("CUSTOM", "DELEGATE")]
+    runner = _runner(path)
+    for num_nodes, seed in ((11, 4), (5, 3)):  # more than one chunk, then one
+        graph = _graph(num_nodes, seed)
+        expected = _keras(plain, graph)
+        assert len(graph["senders"]) > 16 if num_nodes == 11 else len(graph["senders"]) <= 16
+        np.testing.assert_allclose(_serve(loaded.signatures["serving_default"], graph), expected, atol=ATOL, rtol=0)
+        np.testing.assert_allclose(runner(graph), expected, atol=ATOL, rtol=0, err_msg=f"N={num_nodes}")
+
+
 @pytest.mark.parametrize("name", NAMES)
 def test_tflite_static_sizes_match_on_the_real_nodes(artifacts, name):
     exported = artifacts.exported(name)

@@ -59,6 +59,10 @@ class SE3Transformer(BaseGraphModel):
         readout: ``"node"`` (default) or ``"graph"``.
         pooling: ``"sum"`` (default), ``"mean"`` or ``"max"`` (scalars only).
         max_neighbors: static neighbour bound of the last convolution (needed under XLA).
+        attention_edge_chunk: ``edge_chunk`` of every attention block (default None):
+            the edges in chunks of this many, recomputed in the backward pass, so that
+            memory no longer holds the per-edge weights of the whole batch (large
+            graphs); first-order gradients only (see ``SE3Attention``).
         **kwargs: base ``keras.Model`` arguments.
 
     Call arguments:
@@ -98,6 +102,7 @@ class SE3Transformer(BaseGraphModel):
         readout="node",
         pooling="sum",
         max_neighbors=None,
+        attention_edge_chunk=None,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -118,6 +123,7 @@ class SE3Transformer(BaseGraphModel):
             raise ValueError(f'nonlinearity must be "norm" or "gate". Received: nonlinearity={nonlinearity!r}')
         self.nonlinearity = nonlinearity
         self.max_neighbors = max_neighbors
+        self.attention_edge_chunk = attention_edge_chunk
         filters = dict(
             irreps_sh=self.irreps_sh,
             num_radial_basis=num_radial_basis,
@@ -143,6 +149,7 @@ class SE3Transformer(BaseGraphModel):
                     norm.irreps_in,
                     irreps_key=_key_irreps(irreps, hidden.simplify()),
                     num_heads=num_heads,
+                    edge_chunk=attention_edge_chunk,
                     dtype=self.dtype_policy,
                     name=f"attention_{k}",
                     **filters,
@@ -207,6 +214,7 @@ class SE3Transformer(BaseGraphModel):
             "readout": self.readout,
             "pooling": self.pooling,
             "max_neighbors": self.max_neighbors,
+            "attention_edge_chunk": self.attention_edge_chunk,
         }
 
 
