@@ -82,6 +82,8 @@ BLOCKS = [(32, 0, 1), (16, 1, -1), (8, 2, 1)]  # (mul, l, parity) of IRREPS = IR
 KEY_DIM = sum(m * (2 * l + 1) for m, l, _ in BLOCKS)  # 120
 
 TF_MODES = ("eager", "function", "xla")
+# the default run adds the edge chunks (SE3Attention(edge_chunk=1024)), the layer's memory setting
+DEFAULT_TF_MODES = TF_MODES + ("function@e1024",)
 MIN_REPS = 3
 PASSES = ("fwd", "fwdbwd")
 
@@ -862,10 +864,10 @@ def main():
                              "round-robin; sequential: one fresh subprocess after another")
     parser.add_argument("--e3nn-modes", default="eager,compile",
                         help="comma list of eager, compile, compile:<torch.compile mode> (default eager,compile)")
-    parser.add_argument("--tf-modes", default=",".join(TF_MODES),
+    parser.add_argument("--tf-modes", default=",".join(DEFAULT_TF_MODES),
                         help="comma list of eager, function, xla; mode@N runs SE3Attention(node_chunk=N) "
                              "(receivers in blocks of N, e.g. xla@16), mode@eN SE3Attention(edge_chunk=N) "
-                             "(edges in chunks of N, e.g. function@e2048)")
+                             "(edges in chunks of N, e.g. function@e2048) (default eager,function,xla,function@e1024)")
     parser.add_argument("--passes", default=",".join(PASSES),
                         help="comma list of fwd, fwdbwd (default both; one pass per run keeps runs short)")
     parser.add_argument("--no-e3nn", action="store_true", help="skip e3nn even if importable")
