@@ -31,7 +31,10 @@ over the timed calls (``_common.PeakRSS``), the method of the other scripts.
 "ns/edge" is the median time divided by the number of edges, "bytes/edge" the
 peak memory divided by it; the "/ smallest" columns divide them by the same
 configuration's value at the smallest size that ran: the issue's criterion is
-that they stay within 1 +- 0.25 (``--tolerance``).
+that they stay within 1 +- 0.25 (``--tolerance``). Averages per edge fall with size when
+a fixed part (the runtime, the compiled program, the weights) dominates the smallest
+graph, so the summary also gives the cost per added edge, the slope between
+consecutive sizes, and whether the slopes stay within the same tolerance of the first.
 
 Memory guard: a background thread of this process polls the resident memory of
 its children (``bench_se3_attention.ChildMemoryGuard``) and SIGKILLs a child above
@@ -381,7 +384,36 @@ def table_rows(results):
 
 
 SUMMARY_HEADER = ["workload", "implementation / mode", "pass", "ns/edge by size", "time/edge within ±{tol}%",
-                  "bytes/edge by size", "memory/edge within ±{tol}%"]
+                  "bytes/edge by size", "memory/edge within ±{tol}%", "ns per added edge",
+                  "time/added edge within ±{tol}%", "bytes per added edge", "memory/added edge within ±{tol}%"]
+
+
+def added_edge_costs(rs):
+    """The cost of each added edge between consecutive sizes of one configuration.
+
+    Peak memory (and to a lesser degree time) is a fixed part (the runtime, the compiled
+    program, the weights) plus a part that grows with the graph; the average per edge then
+    falls with size even when the growth is exactly linear. The slope between two sizes,
+    ``(cost(E2) - cost(E1)) / (E2 - E1)``, is the per-edge cost without the fixed part.
+    ``rs`` sorted by size; returns ``[(nodes, ns per added edge, bytes per added edge, status)]``,
+    one per size after the first, ``None`` where either end was not measured.
+    """
+    out = []
+    for a, b in zip(rs, rs[1:]):
+        if a.get("status") == STATUS_OK and b.get("status") == STATUS_OK and b["edges"] > a["edges"]:
+            de = b["edges"] - a["edges"]
+            out.append((b["nodes"], (b["median_ms"] - a["median_ms"]) * 1e6 / de,
+                        (b["peak_mb"] - a["peak_mb"]) * MIB / de, STATUS_OK))
+        else:
+            bad = b if b.get("status") != STATUS_OK else a
+            out.append((bad["nodes"], None, None, bad.get("status", "?")))
+    return out
+
+
+def _slope_ratios(slopes, index):
+    """``[(nodes, ratio to the first measured slope or None, status)]`` for :func:`verdict`."""
+    ref = next((s[index] for s in slopes if s[index] is not None), None)
+    return [(s[0], s[index] / ref if s[index] is not None and ref else None, s[3]) for s in slopes]
 
 
 def summary_rows(results, tolerance):
@@ -393,10 +425,15 @@ def summary_rows(results, tolerance):
         rs = sorted(rs, key=lambda r: r["nodes"])
         by_size = lambda key: ", ".join(  # noqa: E731
             f"{_fmt(r.get(key), 0 if key == 'bytes_per_edge' else 1)}" if r.get(key) is not None else "×" for r in rs)
+        slopes = added_edge_costs(rs)
+        by_step = lambda i, digits: ", ".join(  # noqa: E731
+            _fmt(s[i], digits) if s[i] is not None else "×" for s in slopes) or "-"
         rows.append([WORKLOAD_NAMES.get(workload, workload), label, PASS_NAMES[pass_], by_size("ns_per_edge"),
                      verdict([(r["nodes"], r.get("ratio_ns"), r["status"]) for r in rs], tolerance),
                      by_size("bytes_per_edge"),
-                     verdict([(r["nodes"], r.get("ratio_bytes"), r["status"]) for r in rs], tolerance)])
+                     verdict([(r["nodes"], r.get("ratio_bytes"), r["status"]) for r in rs], tolerance),
+                     by_step(1, 1), verdict(_slope_ratios(slopes, 1), tolerance),
+                     by_step(2, 0), verdict(_slope_ratios(slopes, 2), tolerance)])
     return rows
 
 

@@ -96,6 +96,43 @@ def test_add_ratios_and_table():
     assert len(notes) == 2 and any("RSS 20.1 GiB" in n for n in notes)
 
 
+def test_added_edge_costs_separate_the_fixed_part():
+    conv = "conv"
+    # 2 us and 1000 B per edge on top of 300 ms and 400 MiB fixed: the averages per edge fall
+    # (no within 25 %), the slopes are exactly the per-edge parts (yes)
+    fixed = [_ok(conv, "tfe blocks", n, e, "fwd", 300.0 + 2e-3 * e, 400.0 + e * 1000 / MIB)
+             for n, e in ((1000, 32000), (10000, 320000), (100000, 3200000))]
+    # the slope grows by 30 % from the first step to the second: no
+    growing = [_ok(conv, "tfe growing", 1000, 32000, "fwdbwd", 32.0, 100.0),
+               _ok(conv, "tfe growing", 10000, 320000, "fwdbwd", 32.0 + 0.288e6 * 1e-3, 100.0 + 288000 * 500 / MIB),
+               _ok(conv, "tfe growing", 100000, 3200000, "fwdbwd", 32.0 + 0.288e6 * 1e-3 + 2.88e6 * 1.3e-3,
+                   100.0 + (288000 * 500 + 2880000 * 500) / MIB)]
+    missing = [_ok(conv, "tfe missing", 1000, 32000, "fwd", 32.0, 100.0),
+               _bad(conv, "tfe missing", 10000, 320000, "fwd", "does not fit", "killed by the memory guard")]
+
+    slopes = sc.added_edge_costs(fixed)
+    assert [s[0] for s in slopes] == [10000, 100000]
+    assert [s[1] for s in slopes] == [pytest.approx(2000.0), pytest.approx(2000.0)]
+    assert [s[2] for s in slopes] == [pytest.approx(1000.0), pytest.approx(1000.0)]
+    assert sc.added_edge_costs(missing) == [(10000, None, None, "does not fit")]
+
+    _, summary, _ = sc.render(fixed + growing + missing, 0.25)
+    lines = [line for line in summary.splitlines() if line.startswith("| ")]
+    header = [c.strip() for c in lines[0].strip("|").split("|")]
+    rows = {r["implementation / mode"]: r for r in
+            (dict(zip(header, [c.strip() for c in line.strip("|").split("|")])) for line in lines[1:])}
+    r = rows["tfe blocks"]
+    assert r["memory/edge within ±25%"].startswith("no")
+    assert r["ns per added edge"] == "2,000, 2,000" and r["bytes per added edge"] == "1,000, 1,000"
+    assert r["time/added edge within ±25%"] == "yes (max 0 %)"
+    assert r["memory/added edge within ±25%"] == "yes (max 0 %)"
+    r = rows["tfe growing"]
+    assert r["ns per added edge"] == "1,000, 1,300" and r["time/added edge within ±25%"] == "no (max 30 %)"
+    assert r["memory/added edge within ±25%"] == "yes (max 0 %)"
+    r = rows["tfe missing"]
+    assert r["ns per added edge"] == "×" and r["time/added edge within ±25%"] == "- (N=10000 does not fit)"
+
+
 def test_verdict():
     assert sc.verdict([(1000, 1.0, "ok"), (10000, 1.25, "ok")]) == "yes (max 25 %)"
     assert sc.verdict([(1000, 1.0, "ok"), (10000, 0.7, "ok")]) == "no (max 30 %)"
