@@ -8,6 +8,7 @@ import numpy as np
 from tfequivariant.layers._activations import get_activation, serialize_activation
 from tfequivariant.layers._edge_filter import check_positive_int, second_moment_constant
 from tfequivariant.layers.self_interaction import parse_irreps
+from tfequivariant.layers.tensor_product import split_columns
 
 __all__ = ["AttentiveSelfInteraction", "gram_invariants"]
 
@@ -164,11 +165,10 @@ class AttentiveSelfInteraction(keras.layers.Layer):
         if self._types:
             blocks = self._blocks_by_type(x)
             weights = self._mixing_weights(blocks)
-            offset = 0
-            for ir in self._types:
-                u, w = self.irreps_in.count(ir), self.irreps_out.count(ir)
-                wt = ops.reshape(weights[..., offset : offset + u * w], lead + (u, w))
-                offset += u * w
+            shapes = [(self.irreps_in.count(ir), self.irreps_out.count(ir)) for ir in self._types]
+            parts = split_columns(weights, [u * w for u, w in shapes])
+            for ir, (u, w), part in zip(self._types, shapes, parts):
+                wt = ops.reshape(part, lead + (u, w))
                 results[ir] = ops.einsum("...um,...uw->...wm", blocks[ir], wt) / math.sqrt(u)
         out, offsets = [], {}
         for mul, ir in self.irreps_out:

@@ -12,6 +12,7 @@ from tfequivariant.layers._receiver_blocks import map_blocks, pad_to_blocks, rec
 from tfequivariant.layers.self_interaction import SelfInteraction, parse_irreps
 from tfequivariant.layers.tensor_product import (
     fully_connected_instructions,
+    per_sample_path_weights,
     plan_instructions,
     tensor_product,
 )
@@ -205,11 +206,7 @@ class PointConvolution(EdgeFilterLayer):
         n = tfe_ops.num_nodes(graph["positions"])
         x_send = tfe_ops.gather(features, graph["senders"])
         w = ops.matmul(h, ops.cast(self.radial_output, self.compute_dtype)) / math.sqrt(h.shape[-1])
-        weights, offset = [], 0
-        for ins in self.instructions:
-            size = int(np.prod(ins.path_shape))
-            weights.append(ops.reshape(w[:, offset : offset + size], (-1,) + tuple(ins.path_shape)))
-            offset += size
+        weights = per_sample_path_weights(w, self.instructions)
         messages = tensor_product(
             self.irreps_in.split(x_send),
             self.irreps_sh.split(sh),

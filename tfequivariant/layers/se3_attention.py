@@ -12,6 +12,7 @@ from tfequivariant.layers._receiver_blocks import map_blocks, pad_to_blocks, rec
 from tfequivariant.layers.self_interaction import SelfInteraction, parse_irreps
 from tfequivariant.layers.tensor_product import (
     fully_connected_instructions,
+    per_sample_path_weights,
     plan_instructions,
     tensor_product,
 )
@@ -232,11 +233,7 @@ class SE3Attention(EdgeFilterLayer):
         """The weighted tensor products of ``instructions`` per edge (``radial_output``: their columns)."""
         ops = keras.ops
         w = ops.matmul(h, radial_output) / math.sqrt(h.shape[-1])
-        weights, offset = [], 0
-        for ins in instructions:
-            size = int(np.prod(ins.path_shape))
-            weights.append(ops.reshape(w[:, offset : offset + size], (-1,) + tuple(ins.path_shape)))
-            offset += size
+        weights = per_sample_path_weights(w, instructions)
         return tensor_product(
             self.irreps_in.split(x_send),
             self.irreps_sh.split(sh),

@@ -6,7 +6,6 @@ import math
 import keras
 import numpy as np
 
-from tfequivariant.irreps import Irreps
 from tfequivariant.layers.self_interaction import parse_irreps
 from tfequivariant.so3 import wigner_3j
 
@@ -116,6 +115,35 @@ def fully_connected_instructions(irreps_in1, irreps_in2, irreps_out):
         for io, (_, iro) in enumerate(irreps_out)
         if iro in list(ir1 * ir2)
     ]
+
+
+def split_columns(w, sizes):
+    """The last axis of ``w`` cut into consecutive pieces of ``sizes`` columns.
+
+    One ``tf.split`` rather than a strided slice per piece: the gradient of a
+    split is one concatenation, where each slice's gradient is a zero-padded
+    tensor of ``w``'s full size, summed over the pieces (for per-edge weights
+    ``[E, 6912]`` cut into 22 paths, 22 full-size tensors in the backward pass).
+    Columns past ``sum(sizes)`` are dropped.
+    """
+    import tensorflow as tf
+
+    sizes = [int(n) for n in sizes]
+    total = sum(sizes)
+    width = w.shape[-1]
+    if width is not None and int(width) > total:
+        sizes = sizes + [int(width) - total]
+        return tf.split(w, sizes, axis=-1)[:-1]
+    if len(sizes) == 1:
+        return [w]
+    return tf.split(w, sizes, axis=-1)
+
+
+def per_sample_path_weights(w, instructions):
+    """``[B, weight_numel]`` per-sample weights -> one ``[B, *path_shape]`` tensor per instruction."""
+    sizes = [int(np.prod(ins.path_shape)) for ins in instructions]
+    return [keras.ops.reshape(part, (-1,) + tuple(ins.path_shape))
+            for part, ins in zip(split_columns(w, sizes), instructions)]
 
 
 def tensor_product(x1_blocks, x2_blocks, weights, instructions, irreps_out, lead, dtype, shared):
@@ -263,15 +291,14 @@ class TensorProduct(keras.layers.Layer):
 
     def _split_weights(self, w, shared):
         ops = keras.ops
-        out, offset = [], 0
+        weighted = [ins for ins in self.instructions if ins.has_weight]
+        parts = iter(split_columns(w, [int(np.prod(ins.path_shape)) for ins in weighted]) if weighted else ())
+        out = []
         for ins in self.instructions:
             if not ins.has_weight:
                 out.append(None)
                 continue
-            n = int(np.prod(ins.path_shape))
-            part = w[..., offset : offset + n]
-            offset += n
-            out.append(ops.reshape(part, ins.path_shape if shared else (-1,) + tuple(ins.path_shape)))
+            out.append(ops.reshape(next(parts), ins.path_shape if shared else (-1,) + tuple(ins.path_shape)))
         return out
 
     def call(self, x1, x2, weight=None):
