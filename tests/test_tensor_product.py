@@ -510,3 +510,61 @@ def test_mixed_modes_match_e3nn(e3nn_o3, irrep_normalization, path_normalization
         theirs.weight.copy_(torch.as_tensor(_flat_weight(ours)))
         expected = theirs(torch.as_tensor(x1), torch.as_tensor(x2)).numpy()
     np.testing.assert_allclose(_np(ours(x1, x2)), expected, rtol=0, atol=1e-10 * np.abs(expected).max())
+
+
+# -- cutting per-sample weights into paths ------------------------------------------------
+def test_split_columns_pieces_remainder_and_gradient():
+    from tfequivariant.layers.tensor_product import split_columns
+
+    w = tf.constant(np.arange(2 * 10, dtype=np.float64).reshape(2, 10))
+    parts = split_columns(w, [3, 1, 4])  # columns 8 and 9 are not asked for: dropped
+    assert [tuple(p.shape) for p in parts] == [(2, 3), (2, 1), (2, 4)]
+    np.testing.assert_array_equal(_np(tf.concat(parts, axis=1)), _np(w)[:, :8])
+    (only,) = split_columns(w, [10])
+    np.testing.assert_array_equal(_np(only), _np(w))
+    cts = [tf.constant(_rng(s).normal(size=p.shape)) for s, p in enumerate(parts)]
+    with tf.GradientTape() as tape:
+        tape.watch(w)
+        loss = tf.add_n([tf.reduce_sum(p * c) for p, c in zip(split_columns(w, [3, 1, 4]), cts)])
+    expected = np.concatenate([_np(c) for c in cts] + [np.zeros((2, 2))], axis=1)
+    np.testing.assert_array_equal(_np(tape.gradient(loss, w)), expected)
+
+
+def _per_edge_weight_gradient_ops(layer, features, graph):
+    """Op types in the traced gradient whose output has the per-edge weights' full width."""
+
+    @tf.function
+    def grad(x):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            loss = tf.reduce_sum(layer(x, graph) ** 2)
+        return tape.gradient(loss, [x] + layer.trainable_weights)
+
+    ops = grad.get_concrete_function(tf.constant(features)).graph.get_operations()
+    full = [op.type for op in ops if op.outputs and op.outputs[0].shape.rank == 2
+            and op.outputs[0].shape[-1] == layer.weight_numel and "Grad" in op.type]
+    return full, [op.type for op in ops]
+
+
+@pytest.mark.parametrize("which", ["attention", "per_edge_convolution"])
+def test_per_edge_weights_gradient_is_not_a_sum_of_full_size_slice_gradients(which):
+    """The backward pass of per-edge weights cut into paths makes one concat, not one
+    zero-padded full-size tensor per path (the memory blow-up fixed by split_columns)."""
+    from tfequivariant.layers import PointConvolution, SE3Attention
+
+    rng = _rng(3)
+    graph = {"positions": tf.constant(rng.normal(size=(5, 3)), tf.float32),
+             "senders": tf.constant([0, 1, 2, 3, 4, 0], tf.int32),
+             "receivers": tf.constant([1, 2, 3, 4, 0, 2], tf.int32)}
+    irreps = "4x0e+2x1o+2x2e"
+    if which == "attention":
+        layer = SE3Attention(irreps, irreps, num_heads=2, irreps_sh="1x0e+1x1o+1x2e", cutoff=3.0)
+    else:
+        layer = PointConvolution(irreps, irreps, irreps_sh="1x0e+1x1o+1x2e", cutoff=3.0,
+                                 implementation="per_edge")
+    features = rng.normal(size=(5, Irreps(irreps).dim)).astype(np.float32)
+    layer(features, graph)
+    full, types = _per_edge_weight_gradient_ops(layer, features, graph)
+    assert len(layer.instructions) > 5
+    assert "StridedSliceGrad" not in full, full
+    assert "SplitV" in types
