@@ -12,8 +12,8 @@ from tfequivariant.layers._receiver_blocks import map_blocks, pad_to_blocks, rec
 from tfequivariant.layers.self_interaction import SelfInteraction, parse_irreps
 from tfequivariant.layers.tensor_product import (
     fully_connected_instructions,
-    per_sample_path_weights,
     plan_instructions,
+    radial_path_weights,
     tensor_product,
 )
 
@@ -205,8 +205,7 @@ class PointConvolution(EdgeFilterLayer):
         ops = keras.ops
         n = tfe_ops.num_nodes(graph["positions"])
         x_send = tfe_ops.gather(features, graph["senders"])
-        w = ops.matmul(h, ops.cast(self.radial_output, self.compute_dtype)) / math.sqrt(h.shape[-1])
-        weights = per_sample_path_weights(w, self.instructions)
+        weights = radial_path_weights(h, ops.cast(self.radial_output, self.compute_dtype), self.instructions)
         messages = tensor_product(
             self.irreps_in.split(x_send),
             self.irreps_sh.split(sh),

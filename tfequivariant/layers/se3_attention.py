@@ -12,8 +12,8 @@ from tfequivariant.layers._receiver_blocks import map_blocks, pad_to_blocks, rec
 from tfequivariant.layers.self_interaction import SelfInteraction, parse_irreps
 from tfequivariant.layers.tensor_product import (
     fully_connected_instructions,
-    per_sample_path_weights,
     plan_instructions,
+    radial_path_weights,
     tensor_product,
 )
 
@@ -231,9 +231,7 @@ class SE3Attention(EdgeFilterLayer):
 
     def _edge_products(self, x_send, sh, h, radial_output, instructions, irreps_out):
         """The weighted tensor products of ``instructions`` per edge (``radial_output``: their columns)."""
-        ops = keras.ops
-        w = ops.matmul(h, radial_output) / math.sqrt(h.shape[-1])
-        weights = per_sample_path_weights(w, instructions)
+        weights = radial_path_weights(h, radial_output, instructions)
         return tensor_product(
             self.irreps_in.split(x_send),
             self.irreps_sh.split(sh),
