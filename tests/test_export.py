@@ -410,6 +410,32 @@ def test_edge_chunked_attention_exports_to_saved_model_and_tflite(tmp_path):
         np.testing.assert_allclose(runner(graph), expected, atol=ATOL, rtol=0, err_msg=f"N={num_nodes}")
 
 
+def test_so2_convolutions_export_to_saved_model_and_tflite(tmp_path):
+    """TensorFieldNetwork(implementation="so2") at degree 3: the edge frames (square roots,
+    reversals, constant Wigner matrices) are builtins, and the served numbers are those of
+    the same weights on the default per-node path."""
+    side = {**SIDE, "max_degree": 3, "num_layers": 2}
+    keras.utils.set_random_seed(0)
+    plain = build_tensor_field_network("1x1o", "2x1o", **side)
+    keras.utils.set_random_seed(0)
+    so2 = build_tensor_field_network("1x1o", "2x1o", implementation="so2", **side)
+    so2.set_weights(plain.get_weights())
+    saved = export.export_saved_model(so2, tmp_path / "so2")
+    loaded = tf.saved_model.load(saved)
+    path = tmp_path / "so2.tflite"
+    export.to_tflite(saved, path)
+    ops = export.tflite_ops(path)
+    assert not [op for op in ops if op.startswith("Flex") or op in ("CUSTOM", "DELEGATE")], ops
+    runner = _runner(path)
+    for num_nodes, seed in ((11, 4), (5, 3)):
+        graph = _graph(num_nodes, seed)
+        expected = _keras(plain, graph)
+        assert np.abs(expected).max() > 1e-2
+        np.testing.assert_allclose(_keras(so2, graph), expected, atol=ATOL, rtol=0)
+        np.testing.assert_allclose(_serve(loaded.signatures["serving_default"], graph), expected, atol=ATOL, rtol=0)
+        np.testing.assert_allclose(runner(graph), expected, atol=ATOL, rtol=0, err_msg=f"N={num_nodes}")
+
+
 @pytest.mark.parametrize("name", NAMES)
 def test_tflite_static_sizes_match_on_the_real_nodes(artifacts, name):
     exported = artifacts.exported(name)

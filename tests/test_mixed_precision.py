@@ -40,6 +40,7 @@ CASES = {
     "AttentiveSelfInteraction": (lambda: L.AttentiveSelfInteraction(IRREPS, IRREPS), False),
     "FullyConnectedTensorProduct": (lambda: L.FullyConnectedTensorProduct(IRREPS, "1x0e+1x1o", IRREPS), "tp"),
     "PointConvolution": (lambda: L.PointConvolution(IRREPS, IRREPS, **FILTERS), True),
+    "PointConvolution-so2": (lambda: L.PointConvolution(IRREPS, IRREPS, implementation="so2", **FILTERS), True),
     "SE3Attention": (lambda: L.SE3Attention(IRREPS, IRREPS, num_heads=2, **FILTERS), True),
     "GraphPooling": (lambda: L.GraphPooling(IRREPS, mode="mean"), True),
 }

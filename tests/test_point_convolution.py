@@ -1,4 +1,4 @@
-"""Tests of ``PointConvolution`` (both implementations) and a 3-layer TFN stack.
+"""Tests of ``PointConvolution`` (all three implementations) and a 3-layer TFN stack.
 
 The sparse edge path is checked against a dense all-pairs implementation
 written here in NumPy float64 from the Tensor Field Network equations
@@ -37,7 +37,7 @@ from tfequivariant.layers import EdgeGeometry, Gate, PointConvolution
 from tfequivariant.testing import CARTESIAN_POINTS, assert_equivariant, check_layer
 
 DTYPES = ["float64", "float32"]
-IMPLEMENTATIONS = ["per_node", "per_edge"]
+IMPLEMENTATIONS = ["per_node", "per_edge", "so2"]
 # Features with every kind of parity; the output keeps a given (unsorted) order.
 IRREPS_IN = "2x0e+1x0o+2x1o+1x1e+1x2e+1x2o"
 IRREPS_OUT = "1x1o+2x0e+1x0o+2x1e+1x2e+1x2o"
@@ -354,6 +354,9 @@ DENSE_CASES = {
     "per_edge": dict(implementation="per_edge"),
     "per_node-sh-0-2": dict(implementation="per_node", irreps_sh="1x0e+1x2e"),
     "per_edge-sh-3-no-si": dict(implementation="per_edge", irreps_sh=3, self_interaction=False),
+    "so2": dict(implementation="so2"),
+    "so2-sh-0-2": dict(implementation="so2", irreps_sh="1x0e+1x2e"),
+    "so2-sh-3-no-si": dict(implementation="so2", irreps_sh=3, self_interaction=False),
 }
 
 
@@ -543,11 +546,12 @@ ROBUSTNESS_CONFIGS = [
     dict(implementation="per_node"),
     dict(implementation="per_node", max_neighbors=3),
     dict(implementation="per_edge"),
+    dict(implementation="so2"),
 ]
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("config", ROBUSTNESS_CONFIGS, ids=["per_node", "per_node-K3", "per_edge"])
+@pytest.mark.parametrize("config", ROBUSTNESS_CONFIGS, ids=["per_node", "per_node-K3", "per_edge", "so2"])
 def test_no_edges_finite_and_equal_to_self_interaction(config, dtype):
     empty = {"positions": _graph(dtype)["positions"], "senders": np.zeros((0,), np.int32),
              "receivers": np.zeros((0,), np.int32)}
@@ -560,7 +564,7 @@ def test_no_edges_finite_and_equal_to_self_interaction(config, dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("config", ROBUSTNESS_CONFIGS, ids=["per_node", "per_node-K3", "per_edge"])
+@pytest.mark.parametrize("config", ROBUSTNESS_CONFIGS, ids=["per_node", "per_node-K3", "per_edge", "so2"])
 def test_zero_length_edges_and_isolated_nodes_finite(config, dtype):
     """Self-loops, two nodes at the same place (both directions), an isolated node."""
     positions = _graph(dtype)["positions"].copy()
@@ -641,13 +645,121 @@ def test_max_neighbors_smaller_than_in_degree_raises_on_cpu_eager():
     _assert_close(exact(features, graph), free(features, graph), 1e-13)
 
 
-def test_implementations_agree_float32():
+@pytest.mark.parametrize("implementation", ["per_edge", "so2"])
+def test_implementations_agree_float32(implementation):
     graph, features = _graph(), _features(seed=2)
     a = _built(_conv(dtype="float32"), features, graph)
-    b = _conv(dtype="float32", implementation="per_edge")
+    b = _conv(dtype="float32", implementation=implementation)
     b(features, graph)
     b.set_weights(a.get_weights())
     _assert_close(a(features, graph), b(features, graph), 1e-5)
+
+
+# ==================================================================================
+# 5a. The SO(2) evaluation (implementation="so2") is the per-edge function
+# ==================================================================================
+def _axis_graph(dtype="float64"):
+    """Edges along +-x, +-y, +-z (the poles of both frames), on both sides of the chart
+    switch (r_y^2 = |r|^2 / 2), one of zero length, and random ones."""
+    rng = _rng(7)
+    directions = [(1, 0, 0), (-1, 0, 0), (0, 1, 0), (0, -1, 0), (0, 0, 1), (0, 0, -1),
+                  (1, 1 + 1e-9, 0), (1, 1 - 1e-9, 0), (0, -1 - 1e-9, 1), (0, 0, 0)]
+    directions += list(rng.normal(size=(6, 3)))
+    n = len(directions) + 1
+    positions = np.zeros((n, 3))
+    positions[1:] = np.asarray(directions, dtype=np.float64) * rng.uniform(0.5, 2.5, size=(n - 1, 1))
+    senders = np.concatenate([np.arange(1, n), np.zeros(4, int)]).astype(np.int32)
+    receivers = np.concatenate([np.zeros(n - 1, int), [1, 3, 5, 9]]).astype(np.int32)
+    return {"positions": positions.astype(dtype), "senders": senders, "receivers": receivers}
+
+
+def _value_and_all_gradients(layer, features, graph, mode="eager"):
+    def f(x, pos):
+        with tf.GradientTape() as tape:
+            tape.watch([x, pos])
+            out = layer(x, {**graph, "positions": pos})
+            loss = tf.reduce_sum(tf.sin(out) * out)
+        grads = tape.gradient(loss, [x, pos] + layer.trainable_weights)
+        return [out] + [tf.convert_to_tensor(g) for g in grads]
+
+    if mode != "eager":
+        f = tf.function(f, jit_compile=mode == "xla")
+    return [_np(t) for t in f(tf.constant(features), tf.constant(graph["positions"]))]
+
+
+@pytest.mark.parametrize("mode", ["eager", "function", "xla"])
+@pytest.mark.parametrize("irreps_in, irreps_out, irreps_sh", [
+    (IRREPS_IN, IRREPS_OUT, 2),
+    ("2x0e+1x1o+1x2e+1x3o+1x4e+1x4o", "1x0e+1x1o+1x1e+2x2e+1x3e+1x3o+1x4e", 4),
+], ids=["lmax2", "lmax4"])
+def test_so2_equals_per_edge_with_gradients_at_the_poles(mode, irreps_in, irreps_out, irreps_sh):
+    """Values and every gradient (features, positions, weights) equal the tensor-product path
+    at 1e-10, for edges along the frames' poles, at the chart switch and of zero length."""
+    graph = _axis_graph()
+    features = _features(irreps_in, n=len(graph["positions"]), seed=4, dtype="float64")
+    ref = _built(_conv(irreps_in, irreps_out, irreps_sh=irreps_sh, implementation="per_edge", cutoff=5.0),
+                 features, graph)
+    so2 = _conv(irreps_in, irreps_out, irreps_sh=irreps_sh, implementation="so2", cutoff=5.0)
+    so2(features, graph)
+    so2.set_weights(ref.get_weights())
+    # drop the zero-length edge from the gradient comparison: the harmonics' gradient at
+    # r = 0 is undefined (see test_zero_length_edges_and_isolated_nodes_finite)
+    keep = np.any(graph["positions"][graph["senders"]] != graph["positions"][graph["receivers"]], axis=1)
+    value_graph, grad_graph = graph, {**graph, "senders": graph["senders"][keep], "receivers": graph["receivers"][keep]}
+    expected = _value_and_all_gradients(ref, features, grad_graph, mode)
+    got = _value_and_all_gradients(so2, features, grad_graph, mode)
+    names = ["output", "d features", "d positions"] + [w.name for w in ref.trainable_weights]
+    for name, a, b in zip(names, got, expected):
+        assert np.abs(b).max() > 1e-3, name  # nothing compared is trivially zero
+        _assert_close(a, b, 1e-10, f"{mode} {name}")
+    _assert_close(so2(features, value_graph), ref(features, value_graph), 1e-10, "with the zero-length edge")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_so2_equivariant_at_degree_4(dtype):
+    irreps_in, irreps_out = "2x0e+1x1o+1x2e+1x3o+1x4e", "1x0e+1x1o+1x2e+1x3o+1x4e+1x4o"
+    graph = _graph(dtype)
+    features = _features(irreps_in, dtype=dtype, seed=5)
+    layer = _built(_conv(irreps_in, irreps_out, irreps_sh=4, dtype=dtype, implementation="so2"), features, graph)
+
+    def f(x, pos):
+        return layer(x, {**graph, "positions": pos})
+
+    assert_equivariant(f, [irreps_in, CARTESIAN_POINTS], irreps_out, args_in=[features, graph["positions"]],
+                       dtype=dtype)
+
+
+def test_so2_frame_rotates_y_onto_each_edge():
+    """The frame's Wigner matrices (from the Chebyshev tables) are D(R_e) with R_e y = r / |r|."""
+    from tfequivariant.layers._so2 import SO2Plan, _from_frame, edge_frame
+    from tfequivariant.so3 import wigner_D
+
+    vec = _rng(3).normal(size=(5, 3))
+    vec[0], vec[1] = (0, 2.0, 0), (0, -0.5, 0)
+    plan = SO2Plan(Irreps("1x3o"), Irreps("1x0e"), Irreps("1x3o"), [])
+    frame = edge_frame(tf.constant(vec), 3, "float64")
+    unit = vec / np.linalg.norm(vec, axis=1, keepdims=True)
+    for l in (1, 2, 3):
+        # rows of D(R_e)^T applied to the identity: D(R_e) itself
+        eye = np.broadcast_to(np.eye(2 * l + 1), (5, 2 * l + 1, 2 * l + 1))
+        d = np.swapaxes(_np(_from_frame(tf.constant(eye), l, plan, frame)), 1, 2)
+        np.testing.assert_allclose(np.einsum("eij,ejk->eik", d, np.swapaxes(d, 1, 2)), eye, atol=1e-12)
+        y_axis = _np(spherical_harmonics(l, np.array([[0.0, 1.0, 0.0]]), normalize=True))[0]
+        y_edge = _np(spherical_harmonics(l, unit, normalize=True))
+        np.testing.assert_allclose(np.einsum("eij,j->ei", d, y_axis), y_edge, atol=1e-12)
+    np.testing.assert_allclose(d[2], wigner_D(3, *_euler(unit[2])), atol=1e-12)  # chart 1: Euler angles
+
+
+def _euler(u):
+    return math.atan2(u[0], u[2]), math.acos(u[1]), 0.0
+
+
+def test_so2_config_round_trip_and_node_chunk_refused():
+    layer = _conv(implementation="so2")
+    clone = PointConvolution.from_config(layer.get_config())
+    assert clone.implementation == "so2"
+    with pytest.raises(ValueError, match="node_chunk applies to implementation='per_node' only"):
+        _conv(implementation="so2", node_chunk=4)
 
 
 # ==================================================================================

@@ -98,13 +98,18 @@ class EdgeFilterLayer(keras.layers.Layer):
         )
         self.radial.build(None)
 
-    def _edge_inputs(self, graph):
-        """Harmonics, radial features and mask per edge, reusing EdgeGeometry's when present."""
+    def _edge_inputs(self, graph, need_sh=True):
+        """Harmonics, radial features and mask per edge, reusing EdgeGeometry's when present.
+
+        ``need_sh=False``: no harmonics (returned as None).
+        """
         ops = keras.ops
         geometry_dtype = self.dtype_policy.variable_dtype
         need = (self.irreps_sh.lmax + 1) ** 2
         vec = None
-        if graph.get("edge_sh") is not None:
+        if not need_sh:
+            sh = None
+        elif graph.get("edge_sh") is not None:
             sh = graph["edge_sh"]
             if sh.shape[-1] is not None and sh.shape[-1] < need:
                 raise ValueError(
@@ -117,7 +122,8 @@ class EdgeFilterLayer(keras.layers.Layer):
             sh = spherical_harmonics(
                 list(range(self.irreps_sh.lmax + 1)), vec, normalize=True, normalization="component"
             )
-        sh = slice_sh(sh, self.irreps_sh)
+        if sh is not None:
+            sh = ops.cast(slice_sh(sh, self.irreps_sh), self.compute_dtype)
         if graph.get("edge_radial") is not None:
             radial = graph["edge_radial"]
         else:
@@ -135,7 +141,7 @@ class EdgeFilterLayer(keras.layers.Layer):
         if self._edge_attr_dim:
             radial = ops.concatenate([radial, ops.cast(graph["edge_attr"], self.compute_dtype)], axis=-1)
         mask = graph.get("edge_mask")
-        return ops.cast(sh, self.compute_dtype), radial, mask
+        return sh, radial, mask
 
     def _radial_hidden(self, radial, mask):
         ops = keras.ops

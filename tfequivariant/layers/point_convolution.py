@@ -8,7 +8,9 @@ import numpy as np
 from tfequivariant import ops as tfe_ops
 from tfequivariant.layers._edge_filter import EdgeFilterLayer, check_positive_int, second_moment_constant
 from tfequivariant.layers._per_node import PerNodePlan, last_layer_weights, per_node_convolution
+from tfequivariant.layers._so2 import SO2Plan, edge_frame, so2_products
 from tfequivariant.layers._receiver_blocks import map_blocks, pad_to_blocks, receiver_layout, with_zero_row
+from tfequivariant.layers.edge_geometry import edge_vectors
 from tfequivariant.layers.self_interaction import SelfInteraction, parse_irreps
 from tfequivariant.layers.tensor_product import (
     fully_connected_instructions,
@@ -19,7 +21,7 @@ from tfequivariant.layers.tensor_product import (
 
 __all__ = ["PointConvolution", "second_moment_constant"]
 
-_IMPLEMENTATIONS = ("per_node", "per_edge")
+_IMPLEMENTATIONS = ("per_node", "per_edge", "so2")
 
 
 @keras.saving.register_keras_serializable(package="tfequivariant")
@@ -38,7 +40,7 @@ class PointConvolution(EdgeFilterLayer):
     self-interaction skip. ``c_p`` is e3nn's path normalization, so unit-variance
     inputs give outputs of order one.
 
-    Two exact implementations:
+    Three exact implementations:
 
     * ``"per_node"`` (default): the radial MLP's last layer is linear, so it is
       applied once per node after the neighbour sum instead of once per edge;
@@ -47,6 +49,14 @@ class PointConvolution(EdgeFilterLayer):
       in-degree.
     * ``"per_edge"``: per-edge weights ``[E, weight_numel]`` and a scatter-sum, as
       e3nn does; simpler, more memory.
+    * ``"so2"``: per-edge weights, with each edge's product evaluated in a frame
+      whose polar axis is the edge (the SO(2) reduction of eSCN): the harmonics
+      of the edge are then ``Y_l0`` alone, so a path costs a constant
+      ``[2l_i+1, 2l_o+1]`` matrix instead of a product with ``2l_f+1``
+      harmonics, at the price of rotating the sender features into the frame
+      and the messages out of it. Pays at higher degrees (BENCHMARKS.md). Edge
+      directions come from ``positions`` (and ``edge_shifts``); ``edge_sh`` is
+      not used.
 
     Args:
         irreps_in: irreps of the node features.
@@ -66,7 +76,7 @@ class PointConvolution(EdgeFilterLayer):
         max_neighbors: static ``K`` of the per-node layout (needed under XLA;
             every node must receive at most ``K`` edges). Default None: the
             largest in-degree, computed at run time.
-        implementation: ``"per_node"`` (default) or ``"per_edge"``.
+        implementation: ``"per_node"`` (default), ``"per_edge"`` or ``"so2"``.
         node_chunk: ``"per_node"`` only: process the receivers in blocks of this many
             nodes, one block after another (``tf.map_fn``), and recompute each block's
             products in the backward pass (``tf.recompute_grad``) instead of keeping them.
@@ -145,6 +155,11 @@ class PointConvolution(EdgeFilterLayer):
             )
         self.implementation = implementation
         self.node_chunk = None if node_chunk is None else check_positive_int(node_chunk, "node_chunk")
+        if self.node_chunk is not None and implementation != "per_node":
+            raise ValueError(
+                "node_chunk applies to implementation='per_node' only. "
+                f"Received: node_chunk={node_chunk!r}, implementation={implementation!r}"
+            )
         instructions = fully_connected_instructions(self.irreps_in, self.irreps_sh, self.irreps_out)
         reached = {ins[2] for ins in instructions}
         missing = [str(self.irreps_out[i]) for i in range(len(self.irreps_out)) if i not in reached]
@@ -156,6 +171,8 @@ class PointConvolution(EdgeFilterLayer):
         self.instructions = plan_instructions(self.irreps_in, self.irreps_sh, self.irreps_out, instructions)
         self.weight_numel = sum(int(np.prod(i.path_shape)) for i in self.instructions)
         self._plan = PerNodePlan(self.irreps_in, self.irreps_sh, self.irreps_out, self.instructions)
+        self._so2_plan = (SO2Plan(self.irreps_in, self.irreps_sh, self.irreps_out, self.instructions)
+                          if implementation == "so2" else None)
         self.skip = (
             SelfInteraction(self.irreps_in, self.irreps_out, dtype=self.dtype_policy, name="self_interaction")
             if self.self_interaction
@@ -218,12 +235,22 @@ class PointConvolution(EdgeFilterLayer):
         )
         return tfe_ops.segment_sum(messages, graph["receivers"], n)
 
+    def _so2(self, features, graph, h):
+        self.irreps_in._check_features(features, "features")
+        plan = self._so2_plan
+        frame = edge_frame(edge_vectors(graph, self.dtype_policy.variable_dtype), plan.lmax, self.compute_dtype)
+        messages = so2_products(plan, tfe_ops.gather(features, graph["senders"]), frame, h, self.radial_output)
+        return tfe_ops.segment_sum(messages, graph["receivers"], tfe_ops.num_nodes(graph["positions"]))
+
     def call(self, features, graph):
         ops = keras.ops
         features = ops.convert_to_tensor(features, dtype=self.compute_dtype)
-        sh, radial, mask = self._edge_inputs(graph)
+        so2 = self.implementation == "so2"
+        sh, radial, mask = self._edge_inputs(graph, need_sh=not so2)
         h = self._radial_hidden(radial, mask)
-        if self.implementation == "per_node":
+        if so2:
+            out = self._so2(features, graph, h)
+        elif self.implementation == "per_node":
             out = self._per_node(features, graph, sh, h)
         else:
             out = self._per_edge(features, graph, sh, h)

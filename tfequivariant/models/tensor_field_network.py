@@ -44,6 +44,9 @@ class TensorFieldNetwork(BaseGraphModel):
         readout: ``"node"`` (default) or ``"graph"`` (needs ``node_graph_index``, ``graph_sizes``).
         pooling: ``"sum"`` (default), ``"mean"`` or ``"max"`` (scalars only) for ``readout="graph"``.
         max_neighbors: static neighbour bound of the convolutions (needed under XLA).
+        implementation: the convolutions' ``PointConvolution(implementation=...)``:
+            ``"per_node"`` (default), ``"per_edge"`` or ``"so2"`` (edge-aligned frames;
+            faster from degree 4 or so, BENCHMARKS.md). Same function, same weights.
         **kwargs: base ``keras.Model`` arguments.
 
     Call arguments:
@@ -83,6 +86,7 @@ class TensorFieldNetwork(BaseGraphModel):
         readout="node",
         pooling="sum",
         max_neighbors=None,
+        implementation="per_node",
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -100,6 +104,7 @@ class TensorFieldNetwork(BaseGraphModel):
         self.avg_num_neighbors = avg_num_neighbors
         self.residual = bool(residual)
         self.max_neighbors = max_neighbors
+        self.implementation = implementation
         filters = dict(
             irreps_sh=self.irreps_sh,
             num_radial_basis=num_radial_basis,
@@ -108,6 +113,7 @@ class TensorFieldNetwork(BaseGraphModel):
             radial_hidden=self.radial_hidden,
             avg_num_neighbors=avg_num_neighbors,
             max_neighbors=max_neighbors,
+            implementation=implementation,
         )
         self.geometry = EdgeGeometry(
             self.irreps_sh, num_radial_basis, cutoff, radial_basis, dtype=self.dtype_policy, name="geometry"
@@ -163,6 +169,7 @@ class TensorFieldNetwork(BaseGraphModel):
             "readout": self.readout,
             "pooling": self.pooling,
             "max_neighbors": self.max_neighbors,
+            "implementation": self.implementation,
         }
 
 
