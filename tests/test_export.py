@@ -410,15 +410,18 @@ def test_edge_chunked_attention_exports_to_saved_model_and_tflite(tmp_path):
         np.testing.assert_allclose(runner(graph), expected, atol=ATOL, rtol=0, err_msg=f"N={num_nodes}")
 
 
-def test_so2_convolutions_export_to_saved_model_and_tflite(tmp_path):
-    """TensorFieldNetwork(implementation="so2") at degree 3: the edge frames (square roots,
-    reversals, constant Wigner matrices) are builtins, and the served numbers are those of
-    the same weights on the default per-node path."""
+@pytest.mark.parametrize("build", [build_tensor_field_network, build_se3_transformer], ids=["tfn", "se3"])
+def test_so2_models_export_to_saved_model_and_tflite(tmp_path, build):
+    """implementation="so2" at degree 3: the edge frames (square roots, reversals, constant
+    Wigner matrices) are builtins, and the served numbers are those of the same weights on
+    the default path."""
     side = {**SIDE, "max_degree": 3, "num_layers": 2}
+    if build is build_se3_transformer:
+        side["num_heads"] = 2
     keras.utils.set_random_seed(0)
-    plain = build_tensor_field_network("1x1o", "2x1o", **side)
+    plain = build("1x1o", "2x1o", **side)
     keras.utils.set_random_seed(0)
-    so2 = build_tensor_field_network("1x1o", "2x1o", implementation="so2", **side)
+    so2 = build("1x1o", "2x1o", implementation="so2", **side)
     so2.set_weights(plain.get_weights())
     saved = export.export_saved_model(so2, tmp_path / "so2")
     loaded = tf.saved_model.load(saved)

@@ -319,6 +319,9 @@ DENSE_CASES = {
     "heads-2-key": dict(num_heads=2, irreps_key="2x1o+4x0e+2x0o+2x2o"),
     "heads-4-sh-0-1-no-si": dict(num_heads=4, irreps_sh="1x0e+1x1o", self_interaction=False),
     "heads-2-sh-0-2-hidden-2": dict(num_heads=2, irreps_sh="1x0e+1x2e", radial_hidden=(6, 7)),
+    "heads-2-key-so2": dict(num_heads=2, irreps_key="2x1o+4x0e+2x0o+2x2o", implementation="so2"),
+    "heads-4-sh-0-1-no-si-so2": dict(num_heads=4, irreps_sh="1x0e+1x1o", self_interaction=False,
+                                     implementation="so2"),
 }
 
 
@@ -708,7 +711,9 @@ def _mask_attr_shifts_graph(dtype="float64"):
 
 
 @pytest.mark.parametrize("chunking", [dict(node_chunk=3), dict(node_chunk=2, max_neighbors=MAX_IN_DEGREE),
-                                      dict(node_chunk=20), dict(edge_chunk=5), dict(edge_chunk=1000)])
+                                      dict(node_chunk=20), dict(edge_chunk=5), dict(edge_chunk=1000),
+                                      dict(node_chunk=3, implementation="so2"),
+                                      dict(edge_chunk=5, implementation="so2")])
 def test_chunks_match_dense_reference(chunking):
     """Blocks of 3 receivers (the last one padded), 2 with a static K, one block larger than the
     graph; chunks of 5 edges (the last one padded), one chunk larger than the graph."""
@@ -723,7 +728,8 @@ def test_chunks_match_dense_reference(chunking):
     _assert_close(layer(features, graph), expected, 1e-10)
 
 
-@pytest.mark.parametrize("chunking", [dict(node_chunk=3), dict(edge_chunk=7)])
+@pytest.mark.parametrize("chunking", [dict(node_chunk=3), dict(edge_chunk=7), dict(implementation="so2"),
+                                      dict(edge_chunk=7, implementation="so2")])
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_chunks_equivariant(dtype, chunking):
     graph = _graph(dtype, edge_mask=(np.arange(NUM_EDGES) % 5 != 2).astype(dtype))
@@ -767,6 +773,50 @@ def test_chunks_equal_unchunked_with_gradients(chunking, mode):
     for i, (g, e) in enumerate(zip(got, expected)):
         assert np.abs(_np(e)).max() > 1e-6, i  # no vacuous comparison
         _assert_close(g, e, 1e-12, f"output/gradient {i}")
+
+
+@pytest.mark.parametrize("chunking, mode",
+                         [(dict(), "eager"), (dict(), "xla"), (dict(node_chunk=3, max_neighbors=MAX_IN_DEGREE), "xla"),
+                          (dict(edge_chunk=4), "function")])
+def test_so2_equals_per_edge_with_gradients(chunking, mode):
+    """implementation="so2" (with and without chunks): output and every gradient equal the
+    per-edge tensor products' at 1e-10, edges along the y axis (the Euler frame's pole) included."""
+    graph, features = _mask_attr_shifts_graph(), _features("2x0e+2x1o+2x2e")
+    positions = graph["positions"].copy()
+    positions[3] = positions[2] + [0.0, 1.1, 0.0]  # edge 2 -> 3 along +y, 3 -> 4 ... see SENDERS
+    positions[0] = positions[4] - [0.0, 0.7, 0.0]  # edge 4 -> 0 along -y
+    graph = {**graph, "positions": positions, "edge_shifts": np.zeros_like(graph["edge_shifts"])}
+    kwargs = dict(irreps_in="2x0e+2x1o+2x2e", irreps_out="2x0e+2x1o+2x2e", irreps_sh=3, num_heads=2, cutoff=5.0)
+    ref = _built(_att(**kwargs), features, graph)
+    so2 = _att(**kwargs, implementation="so2", **chunking)
+    so2(features, graph)
+    so2.set_weights(ref.get_weights())
+    cotangent = _rng(18).normal(size=(NUM_NODES, Irreps("2x0e+2x1o+2x2e").dim))
+
+    def value_and_gradients(layer):
+        def fn(x, pos):
+            with tf.GradientTape() as tape:
+                tape.watch([x, pos])
+                out = layer(x, {**graph, "positions": pos})
+                loss = tf.reduce_sum(out * cotangent)
+            return [out] + [tf.convert_to_tensor(g) for g in tape.gradient(loss, [x, pos] + layer.trainable_weights)]
+        if mode != "eager":
+            fn = tf.function(fn, jit_compile=mode == "xla")
+        return fn(tf.constant(features), tf.constant(positions))
+
+    expected, got = value_and_gradients(ref), value_and_gradients(so2)
+    assert len(got) == 3 + len(ref.trainable_weights)
+    for i, (g, e) in enumerate(zip(got, expected)):
+        assert np.abs(_np(e)).max() > 1e-6, i
+        _assert_close(g, e, 1e-10, f"output/gradient {i}")
+
+
+def test_so2_config_round_trip_and_bad_implementation():
+    layer = _att(implementation="so2", edge_chunk=4)
+    clone = type(layer).from_config(layer.get_config())
+    assert clone.implementation == "so2" and clone.edge_chunk == 4
+    with pytest.raises(ValueError, match="implementation must be 'per_edge' or 'so2'. Received: implementation='tp'"):
+        _att(implementation="tp")
 
 
 @pytest.mark.parametrize("chunking", [dict(node_chunk=2), dict(edge_chunk=3)])

@@ -168,7 +168,7 @@ def _from_frame(v, l, plan, frame):
     return tf.where(use_p, _const(v, dp.T), v)
 
 
-def so2_products(plan, x_send, frame, h, radial_output):
+def so2_products(plan, x_send, frame, h, radial_output, ordered=False):
     """The weighted tensor products of every edge, evaluated in the edge's frame.
 
     Args:
@@ -177,6 +177,8 @@ def so2_products(plan, x_send, frame, h, radial_output):
         frame: ``edge_frame(vec, plan.lmax, dtype)``.
         h: ``[E, H]`` last hidden layer of the radial network.
         radial_output: ``[H, weight_numel]`` its linear last layer (weights ``h @ W / sqrt(H)``).
+        ordered: ``radial_output``'s columns are already in ``plan.column_order`` (gathered
+            once outside a loop over chunks of edges).
 
     Returns:
         ``[E, irreps_out.dim]``, equal to ``tensor_product`` of the sender features with
@@ -190,7 +192,9 @@ def so2_products(plan, x_send, frame, h, radial_output):
     nonzero = frame[3][:, None]
     blocks = plan.irreps_in.split(x_send)
     rotated = {}
-    columns = tf.gather(tf.cast(radial_output, dtype), plan.column_order, axis=1)
+    columns = tf.cast(radial_output, dtype)
+    if not ordered:
+        columns = tf.gather(columns, plan.column_order, axis=1)
     h = h / math.sqrt(int(h.shape[-1]))
     sizes = [a * plan.irreps_out[i_out].mul for i_out, _, a in plan.groups]
     per_out = {}

@@ -9,6 +9,8 @@ from tfequivariant import ops as tfe_ops
 from tfequivariant.irreps import Irreps
 from tfequivariant.layers._edge_filter import EdgeFilterLayer, check_positive_int
 from tfequivariant.layers._receiver_blocks import map_blocks, pad_to_blocks, receiver_layout, with_zero_row
+from tfequivariant.layers._so2 import SO2Plan, edge_frame, so2_products
+from tfequivariant.layers.edge_geometry import edge_vectors
 from tfequivariant.layers.self_interaction import SelfInteraction, parse_irreps
 from tfequivariant.layers.tensor_product import (
     fully_connected_instructions,
@@ -98,6 +100,11 @@ class SE3Attention(EdgeFilterLayer):
             in-degree and no ``max_neighbors`` needed; the numbers are those of the
             unchunked layer. Default None. Not together with ``node_chunk``; no gradients
             of gradients.
+        implementation: ``"per_edge"`` (default): the keys and values are Clebsch–Gordan
+            products with the edge harmonics; ``"so2"``: the same products evaluated in a
+            frame whose polar axis is the edge (``PointConvolution(implementation="so2")``),
+            cheaper at higher degrees. Same function and weights; edge directions then come
+            from ``positions`` (``edge_sh`` is not used).
         **kwargs: base ``Layer`` arguments.
 
     Call arguments:
@@ -138,6 +145,7 @@ class SE3Attention(EdgeFilterLayer):
         max_neighbors=None,
         node_chunk=None,
         edge_chunk=None,
+        implementation="per_edge",
         **kwargs,
     ):
         super().__init__(
@@ -204,6 +212,17 @@ class SE3Attention(EdgeFilterLayer):
                 self._value_instructions.append(ins._replace(i_out=ins.i_out - n_key))
                 self._value_columns.extend(range(offset, offset + size))
             offset += size
+        if implementation not in ("per_edge", "so2"):
+            raise ValueError(
+                f"implementation must be 'per_edge' or 'so2'. Received: implementation={implementation!r}"
+            )
+        self.implementation = implementation
+        self._so2_plans = None
+        if implementation == "so2":
+            plan = lambda ins, irreps: SO2Plan(self.irreps_in, self.irreps_sh, irreps, ins)
+            self._so2_plans = {id(self.instructions): plan(self.instructions, self.irreps_kv),
+                               id(self._key_instructions): plan(self._key_instructions, self.irreps_key),
+                               id(self._value_instructions): plan(self._value_instructions, self.irreps_out)}
         self.query = SelfInteraction(
             self.irreps_in, self.irreps_key, use_bias=False, dtype=self.dtype_policy, name="query"
         )
@@ -229,8 +248,23 @@ class SE3Attention(EdgeFilterLayer):
         kv = self._edge_products(x_send, sh, h, radial_output, self.instructions, self.irreps_kv)
         return kv[:, : self.irreps_key.dim], kv[:, self.irreps_key.dim :]
 
-    def _edge_products(self, x_send, sh, h, radial_output, instructions, irreps_out):
-        """The weighted tensor products of ``instructions`` per edge (``radial_output``: their columns)."""
+    def _edge_geometry(self, graph):
+        """Harmonics (``per_edge``) or edge vectors (``so2``), radial features and mask per edge."""
+        if self.implementation == "so2":
+            _, radial, mask = self._edge_inputs(graph, need_sh=False)
+            return edge_vectors(graph, self.dtype_policy.variable_dtype), radial, mask
+        return self._edge_inputs(graph)
+
+    def _edge_products(self, x_send, sh, h, radial_output, instructions, irreps_out, ordered=False):
+        """The weighted tensor products of ``instructions`` per edge (``radial_output``: their columns).
+
+        ``sh``: the edge harmonics, or with ``implementation="so2"`` the edge vectors;
+        ``ordered``: ``radial_output``'s columns are in the SO(2) plan's order.
+        """
+        if self.implementation == "so2":
+            plan = self._so2_plans[id(instructions)]
+            frame = edge_frame(sh, plan.lmax, self.compute_dtype)
+            return so2_products(plan, x_send, frame, h, radial_output, ordered)
         weights = radial_path_weights(h, radial_output, instructions)
         return tensor_product(
             self.irreps_in.split(x_send),
@@ -259,15 +293,21 @@ class SE3Attention(EdgeFilterLayer):
         # and of their gradients, would be most of the memory); empty slots gather the zero row
         nodes, queries = with_zero_row(features), with_zero_row(self.query(features))
         radial_output = tf.cast(self.radial_output, self.compute_dtype)
-        key_w = tf.gather(radial_output, self._key_columns, axis=1)
-        value_w = tf.gather(radial_output, self._value_columns, axis=1)
+        key_columns, value_columns = np.asarray(self._key_columns), np.asarray(self._value_columns)
+        ordered = self.implementation == "so2"
+        if ordered:  # the SO(2) plans' column order, gathered once rather than in every chunk
+            key_columns = key_columns[self._so2_plans[id(self._key_instructions)].column_order]
+            value_columns = value_columns[self._so2_plans[id(self._value_instructions)].column_order]
+        key_w = tf.gather(radial_output, key_columns, axis=1)
+        value_w = tf.gather(radial_output, value_columns, axis=1)
 
         def keys_block(s, r, y, hh, x, q, w):  # a chunk's edges -> logits [C, heads]
-            keys = self._edge_products(tf.gather(x, s), y, hh, w, self._key_instructions, self.irreps_key)
+            keys = self._edge_products(tf.gather(x, s), y, hh, w, self._key_instructions, self.irreps_key, ordered)
             return self._logits(tf.gather(q, r) * keys)
 
         def values_block(s, y, hh, a, x, w):  # a chunk's edges -> alpha-weighted values [C, irreps_out.dim]
-            values = self._edge_products(tf.gather(x, s), y, hh, w, self._value_instructions, self.irreps_out)
+            values = self._edge_products(tf.gather(x, s), y, hh, w, self._value_instructions, self.irreps_out,
+                                         ordered)
             return self._weighted_values(a, values)
 
         logits = map_blocks(keys_block, (senders, receivers, sh, h), (nodes, queries, key_w), chunk, self.num_heads,
@@ -281,7 +321,7 @@ class SE3Attention(EdgeFilterLayer):
         """``alpha [E, num_heads]`` and the values ``[E, irreps_out.dim]`` (for inspection)."""
         ops = keras.ops
         features = ops.convert_to_tensor(features, dtype=self.compute_dtype)
-        sh, radial, mask = self._edge_inputs(graph)
+        sh, radial, mask = self._edge_geometry(graph)
         h = self._radial_hidden(radial, mask)
         keys, values = self._keys_values(features, graph, sh, h)
         q = tfe_ops.gather(self.query(features), graph["receivers"])
@@ -349,11 +389,11 @@ class SE3Attention(EdgeFilterLayer):
         features = ops.convert_to_tensor(features, dtype=self.compute_dtype)
         if self.edge_chunk is not None:
             self.irreps_in._check_features(features, "features")
-            sh, radial, mask = self._edge_inputs(graph)
+            sh, radial, mask = self._edge_geometry(graph)
             out = self._edge_chunked(features, graph, sh, self._radial_hidden(radial, mask), mask)
         elif self.node_chunk is not None:
             self.irreps_in._check_features(features, "features")
-            sh, radial, mask = self._edge_inputs(graph)
+            sh, radial, mask = self._edge_geometry(graph)
             out = self._blocked(features, graph, sh, self._radial_hidden(radial, mask))
         else:
             alpha, values = self.attention_weights(features, graph)
@@ -378,4 +418,5 @@ class SE3Attention(EdgeFilterLayer):
             "max_neighbors": self.max_neighbors,
             "node_chunk": self.node_chunk,
             "edge_chunk": self.edge_chunk,
+            "implementation": self.implementation,
         }

@@ -63,6 +63,10 @@ class SE3Transformer(BaseGraphModel):
             the edges in chunks of this many, recomputed in the backward pass, so that
             memory no longer holds the per-edge weights of the whole batch (large
             graphs); first-order gradients only (see ``SE3Attention``).
+        implementation: ``implementation`` of the attention blocks and the last convolution:
+            ``"per_edge"`` (default; the last convolution then uses its default per-node
+            form) or ``"so2"`` (products in edge-aligned frames, faster at higher degrees).
+            Same function and weights.
         **kwargs: base ``keras.Model`` arguments.
 
     Call arguments:
@@ -103,6 +107,7 @@ class SE3Transformer(BaseGraphModel):
         pooling="sum",
         max_neighbors=None,
         attention_edge_chunk=None,
+        implementation="per_edge",
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -124,6 +129,9 @@ class SE3Transformer(BaseGraphModel):
         self.nonlinearity = nonlinearity
         self.max_neighbors = max_neighbors
         self.attention_edge_chunk = attention_edge_chunk
+        if implementation not in ("per_edge", "so2"):
+            raise ValueError(f"implementation must be 'per_edge' or 'so2'. Received: implementation={implementation!r}")
+        self.implementation = implementation
         filters = dict(
             irreps_sh=self.irreps_sh,
             num_radial_basis=num_radial_basis,
@@ -150,6 +158,7 @@ class SE3Transformer(BaseGraphModel):
                     irreps_key=_key_irreps(irreps, hidden.simplify()),
                     num_heads=num_heads,
                     edge_chunk=attention_edge_chunk,
+                    implementation=implementation,
                     dtype=self.dtype_policy,
                     name=f"attention_{k}",
                     **filters,
@@ -167,6 +176,7 @@ class SE3Transformer(BaseGraphModel):
             self.irreps_out,
             avg_num_neighbors=avg_num_neighbors,
             max_neighbors=max_neighbors,
+            implementation="so2" if implementation == "so2" else "per_node",
             dtype=self.dtype_policy,
             name="conv_out",
             **filters,
@@ -215,6 +225,7 @@ class SE3Transformer(BaseGraphModel):
             "pooling": self.pooling,
             "max_neighbors": self.max_neighbors,
             "attention_edge_chunk": self.attention_edge_chunk,
+            "implementation": self.implementation,
         }
 
 
