@@ -218,7 +218,7 @@ def spherical_harmonics(l, x, normalize=True, normalization="integral"):
             input, as in e3nn).
         x: ``[..., 3]`` float tensor or NumPy array of vectors.
         normalize: if True, the harmonics of ``x / |x|`` (a zero vector gives
-            ``Y^0`` and zeros, with finite gradients); if False, the homogeneous
+            ``Y^0`` and zeros, with gradient 0); if False, the homogeneous
             polynomials ``|x|^l Y^l(x / |x|)``.
         normalization: ``"integral"`` (orthonormal on the sphere, the default),
             ``"component"`` (``|Y^l|^2 = 2l+1`` on unit vectors) or ``"norm"``
@@ -297,8 +297,10 @@ def _unit_vectors(x, y, z):
     so small that it lost precision or underflowed to zero) are first scaled by
     a power of two, exact in binary floating point; the test is on ``|x|^2``
     itself, which the common case needs anyway (a division per vector, or the
-    largest component first, cost more under XLA). Exact zero vectors stay zero
-    with finite gradients; NaN propagates.
+    largest component first, cost more under XLA). Exact zero vectors stay zero;
+    their ``1/|x|`` (the last output, used by the gradient) is 0, so the gradient
+    of the harmonics at the zero vector, where the direction is undefined, is 0
+    rather than the huge ``1/tiny`` of the rescaled division. NaN propagates.
     """
     ops = keras.ops
     dtype = keras.backend.standardize_dtype(x.dtype)
@@ -309,8 +311,9 @@ def _unit_vectors(x, y, z):
     scale = ops.where(normal, one, ops.where(r2 >= threshold * threshold, down, up))
     x, y, z = x * scale, y * scale, z * scale
     r2 = ops.where(normal, r2, x * x + y * y + z * z)
-    inv = ops.rsqrt(ops.where(r2 == 0, ops.ones_like(r2), r2))  # r2 == 0 only for the zero vector
-    return x * inv, y * inv, z * inv, scale * inv
+    zero = r2 == 0  # only for the zero vector
+    inv = ops.rsqrt(ops.where(zero, ops.ones_like(r2), r2))
+    return x * inv, y * inv, z * inv, ops.where(zero, ops.zeros_like(inv), scale * inv)
 
 
 def _harmonics_flat(x, ls, normalize, normalization):
