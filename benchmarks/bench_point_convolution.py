@@ -113,7 +113,11 @@ def flop_counts(num_nodes, num_edges, max_degree):
     harmonics times CG ``2 mul2 d1 d2 do``, features times that ``2 mul1 mul2 d1 do``
     (the weightless product, per edge), weights ``2 mul1 mul2 mulo do``.
     """
-    cg, weightless, weighted, q, w_numel = path_sums([(32, 0, 1), (16, 1, -1), (8, 2, 1)])
+    blocks = [(32, 0, 1), (16, 1, -1), (8, 2, 1)]
+    cg, weightless, weighted, q, w_numel = path_sums(blocks)
+    # so2: the paths' constant matrices on the rotated features (the weightless count), the weights,
+    # and the rotations in and out (three constant [d, d] products each way per block of l > 0)
+    rotations = sum(2 * 3 * 2 * mul * (2 * l + 1) ** 2 for mul, l, _ in blocks if l > 0)  # in + out
     radial_hidden = 2 * num_edges * NUM_BASIS * HIDDEN
     per_edge = {
         "radial_hidden": radial_hidden,
@@ -126,6 +130,11 @@ def flop_counts(num_nodes, num_edges, max_degree):
         "neighbour_sum": 2 * num_edges * HIDDEN * q,
         "per_node_weights": num_nodes * HIDDEN * weighted,
     }
+    so2 = {
+        "radial_hidden": radial_hidden,
+        "radial_output": per_edge["radial_output"],
+        "frame_products": num_edges * (weightless + weighted + rotations),
+    }
     padded_neighbour_sum = 2 * num_nodes * max_degree * HIDDEN * q
     return {
         "weight_numel": w_numel,
@@ -133,6 +142,8 @@ def flop_counts(num_nodes, num_edges, max_degree):
         "per_edge": per_edge,
         "per_node": per_node,
         "per_edge_total": sum(per_edge.values()),
+        "so2": so2,
+        "so2_total": sum(so2.values()),
         "per_node_total": sum(per_node.values()),
         "per_node_padded_total": sum(per_node.values()) - per_node["neighbour_sum"] + padded_neighbour_sum,
     }
@@ -393,10 +404,10 @@ def check_worker(cfg):
     report = {}
     outs, grads = {}, {}
     layers = {}
-    for impl in TF_IMPLEMENTATIONS:
+    for impl in TF_IMPLEMENTATIONS + ("so2",):
         layer = _tf_layer(impl, False, None)
         layer(features, graph)
-        if impl == "per_edge":  # the same weights as per_node
+        if impl != "per_node":  # the same weights as per_node
             layer.set_weights(layers["per_node"].get_weights())
         with tf.GradientTape() as tape:
             tape.watch([features, graph["positions"]])
@@ -438,6 +449,8 @@ def check_worker(cfg):
     report["max_abs_out"] = float(np.abs(outs["per_node"]).max())
     report["max_abs_grad_positions"] = float(np.abs(grads["per_node"][1]).max())
     report["per_node_vs_per_edge"] = float(np.abs(outs["per_node"] - outs["per_edge"]).max())
+    report["so2_vs_per_edge"] = float(np.abs(outs["so2"] - outs["per_edge"]).max())
+    report["so2_vs_per_edge_grad_positions"] = float(np.abs(grads["so2"][1] - grads["per_edge"][1]).max())
     report["xla_vs_eager_per_node"] = float(np.abs(outs["per_node"] - out_xla).max())
     report["second_moment_constant_quadrature"] = second_moment_constant(tf.nn.silu)
     return report
@@ -470,6 +483,11 @@ def _label(kind, impl, mode, si, tf_pool=False, node_chunk=None):
             + (" +pool" if tf_pool else ""))
 
 
+def useful_flops_key(label):
+    """The FLOP count of the algorithm a label runs: ``per_node_total``, ``so2_total`` or ``per_edge_total``."""
+    return "per_node_total" if "per_node" in label else "so2_total" if "so2" in label else "per_edge_total"
+
+
 def _tables(results, flops, matmul_gflops):
     best = {}
     for pass_ in PASSES:
@@ -479,7 +497,7 @@ def _tables(results, flops, matmul_gflops):
     rows, details = [], []
     for lbl in labels:
         f, b = results.get((lbl, "fwd")), results.get((lbl, "fwdbwd"))
-        useful = flops["per_node_total"] if "per_node" in lbl else flops["per_edge_total"]
+        useful = flops[useful_flops_key(lbl)]
 
         def ok(r):
             return r is not None and "error" not in r
@@ -538,6 +556,9 @@ def main():
     parser.add_argument("--tf-pool", action="store_true",
                         help="run the tfequivariant workers with TensorFlow's pooling CPU allocator "
                              "(TF_CPU_ALLOCATOR_USE_BFC=true; labels get '+pool'); matters under glibc malloc")
+    parser.add_argument("--so2-modes", default="function,xla",
+                        help="modes of the extra runs of PointConvolution(implementation='so2') (products in "
+                             "edge-aligned frames; default function,xla; empty to skip)")
     parser.add_argument("--si-modes", default="function,xla",
                         help="modes of the extra tfequivariant runs with self_interaction=True (default "
                              "function,xla; empty to skip)")
@@ -603,6 +624,7 @@ def main():
         configs += [("e3nn", "e3nn", m.strip(), False, None) for m in args.e3nn_modes.split(",") if m.strip()]
     configs += [("tf", impl, mode, False, None) for impl in TF_IMPLEMENTATIONS for mode in TF_MODES]
     configs += [("tf", "per_node", "xla", False, chunk) for chunk in _node_chunks(args.node_chunks)]
+    configs += [("tf", "so2", m.strip(), False, None) for m in args.so2_modes.split(",") if m.strip()]
     si_modes = [m.strip() for m in args.si_modes.split(",") if m.strip()]
     configs += [("tf", impl, mode, True, None) for impl in TF_IMPLEMENTATIONS for mode in TF_MODES
                 if mode in si_modes]

@@ -82,8 +82,9 @@ BLOCKS = [(32, 0, 1), (16, 1, -1), (8, 2, 1)]  # (mul, l, parity) of IRREPS = IR
 KEY_DIM = sum(m * (2 * l + 1) for m, l, _ in BLOCKS)  # 120
 
 TF_MODES = ("eager", "function", "xla")
-# the default run adds the edge chunks (SE3Attention(edge_chunk=1024)), the layer's memory setting
-DEFAULT_TF_MODES = TF_MODES + ("function@e1024",)
+# the default run adds the edge chunks (SE3Attention(edge_chunk=1024)), the layer's memory setting, and
+# the products in edge-aligned frames (SE3Attention(implementation="so2"))
+DEFAULT_TF_MODES = TF_MODES + ("function@e1024", "function@so2", "xla@so2")
 MIN_REPS = 3
 PASSES = ("fwd", "fwdbwd")
 
@@ -135,7 +136,7 @@ def flop_counts(num_nodes, num_edges):
 
 
 # -- TensorFlow side -----------------------------------------------------------------
-def _tf_layer(node_chunk=None, max_neighbors=None, edge_chunk=None):
+def _tf_layer(node_chunk=None, max_neighbors=None, edge_chunk=None, implementation="per_edge"):
     import keras
     import tensorflow as tf
 
@@ -157,6 +158,7 @@ def _tf_layer(node_chunk=None, max_neighbors=None, edge_chunk=None):
         node_chunk=node_chunk,
         max_neighbors=max_neighbors,
         edge_chunk=edge_chunk,
+        implementation=implementation,
     )
     layer(tf.zeros((2, layer.irreps_in.dim)), {"positions": tf.constant([[0.0, 0, 0], [1.0, 0, 0]]),
                                                "senders": tf.constant([0], tf.int32),
@@ -172,7 +174,8 @@ def tf_step(cfg):
     graph, features, cotangent = _tf_inputs(g)
     chunk = cfg.get("node_chunk")
     # receiver blocks under XLA need the static K: the largest in-degree of the graph
-    layer = _tf_layer(chunk, g["max_degree"] if chunk else None, cfg.get("edge_chunk"))
+    layer = _tf_layer(chunk, g["max_degree"] if chunk else None, cfg.get("edge_chunk"),
+                      cfg.get("implementation", "per_edge"))
     fn = _tf_steps(layer, graph, cotangent, cfg["mode"], cfg["pass"])
     positions = graph["positions"]
 
@@ -639,22 +642,28 @@ def _run_worker(kind, cfg, timeout):
 
 
 def split_mode(spec):
-    """A TF mode and the layer's chunking: ``"xla@16"`` -> ("xla", {"node_chunk": 16})
-    (``SE3Attention(node_chunk=16)``), ``"function@e2048"`` -> ("function", {"edge_chunk": 2048}),
-    ``"xla"`` -> ("xla", {})."""
-    mode, _, chunk = spec.partition("@")
-    if not chunk:
-        return mode, {}
-    key, digits = ("edge_chunk", chunk[1:]) if chunk.startswith("e") else ("node_chunk", chunk)
-    if not digits.isdigit() or int(digits) < 1:
-        raise SystemExit("a TF mode takes @<positive node_chunk> or @e<positive edge_chunk>, e.g. xla@16 or "
-                         f"function@e2048. Received: {spec!r}")
-    return mode, {key: int(digits)}
+    """A TF mode and the layer's settings, ``+``-separated after ``@``: ``"xla@16"`` ->
+    ("xla", {"node_chunk": 16}) (``SE3Attention(node_chunk=16)``), ``"function@e2048"`` ->
+    ("function", {"edge_chunk": 2048}), ``"xla@so2"`` -> ("xla", {"implementation": "so2"}),
+    ``"function@e1024+so2"`` -> both, ``"xla"`` -> ("xla", {})."""
+    mode, _, rest = spec.partition("@")
+    settings = {}
+    for token in rest.split("+") if rest else []:
+        if token == "so2":
+            settings["implementation"] = "so2"
+            continue
+        key, digits = ("edge_chunk", token[1:]) if token.startswith("e") else ("node_chunk", token)
+        if not digits.isdigit() or int(digits) < 1:
+            raise SystemExit("a TF mode takes @<positive node_chunk>, @e<positive edge_chunk> and/or @so2, joined "
+                             f"by '+', e.g. xla@16, function@e2048, xla@so2, function@e1024+so2. Received: {spec!r}")
+        settings[key] = int(digits)
+    return mode, settings
 
 
 def chunk_label(chunks):
-    """``{"node_chunk": 16}`` -> " node_chunk=16" (the label suffix; "" without chunks)."""
-    return "".join(f" {k}={v}" for k, v in chunks.items())
+    """``{"node_chunk": 16}`` -> " node_chunk=16", ``{"implementation": "so2"}`` -> " so2" (the label
+    suffix; "" without settings)."""
+    return "".join(f" {v}" if k == "implementation" else f" {k}={v}" for k, v in chunks.items())
 
 
 def _label(kind, mode):
@@ -867,7 +876,9 @@ def main():
     parser.add_argument("--tf-modes", default=",".join(DEFAULT_TF_MODES),
                         help="comma list of eager, function, xla; mode@N runs SE3Attention(node_chunk=N) "
                              "(receivers in blocks of N, e.g. xla@16), mode@eN SE3Attention(edge_chunk=N) "
-                             "(edges in chunks of N, e.g. function@e2048) (default eager,function,xla,function@e1024)")
+                             "(edges in chunks of N, e.g. function@e2048), mode@so2 SE3Attention(implementation='so2') "
+                             "(products in edge-aligned frames), joined by '+' (function@e1024+so2) "
+                             "(default eager,function,xla,function@e1024,function@so2,xla@so2)")
     parser.add_argument("--passes", default=",".join(PASSES),
                         help="comma list of fwd, fwdbwd (default both; one pass per run keeps runs short)")
     parser.add_argument("--no-e3nn", action="store_true", help="skip e3nn even if importable")

@@ -150,8 +150,9 @@ def _records_graph(data, name, flops_key):
 
 
 def records_conv(data):
-    """Records of ``bench_point_convolution.py --json``; per_node rates use its useful FLOPs."""
-    return _records_graph(data, "conv", lambda v: "per_node_total" if "per_node" in v else "per_edge_total")
+    """Records of ``bench_point_convolution.py --json``; per_node and so2 rates use their own FLOP counts."""
+    return _records_graph(data, "conv", lambda v: "per_node_total" if "per_node" in v
+                          else "so2_total" if "so2" in v else "per_edge_total")
 
 
 def records_attention(data):

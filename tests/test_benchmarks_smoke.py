@@ -298,8 +298,10 @@ def test_run_all_quick_no_e3nn(tmp_path):
                 "PointConvolution, N=60, per_node": (2, 3, 4),
                 "PointConvolution, N=60, per_edge": (2, 3, 4),
                 "PointConvolution, N=60, per_node node_chunk=8": (4,),  # XLA only
+                "PointConvolution, N=60, so2": (3, 4),  # tf.function and XLA
                 "SE3Attention, N=60": (2, 3, 4),
-                "SE3Attention, N=60, edge_chunk=1024": (3,)}  # tf.function only
+                "SE3Attention, N=60, edge_chunk=1024": (3,),  # tf.function only
+                "SE3Attention, N=60, so2": (3, 4)}
     got = {}
     for r in rows:  # the workload without its edge count (the random graph's), e.g. "SE3Attention, N=60"
         got.setdefault(re.sub(r", E=\d+", "", r[0]), []).append(r)
@@ -314,6 +316,23 @@ def test_run_all_quick_no_e3nn(tmp_path):
     text = md.read_text()
     assert "date (`date -u`)" in text and "LD_PRELOAD" in text and "load average" in text
     assert text.count("| forward") == 2 * len(expected)
+
+
+def test_conv_bench_so2_flops_and_label():
+    conv = load_script(os.path.join(BENCH, "bench_point_convolution.py"), "tfe_bench_conv_so2")
+    label = conv._label("tf", "so2", "xla", False)
+    assert label == "tfe so2 xla" and run_all._split_label(label) == ("tfe", "xla", "so2")
+    assert conv.useful_flops_key(label) == "so2_total"
+    flops = conv.flop_counts(1000, 31912, 51)
+    # the same radial layers as per_edge; at lmax 2 the dense frame matrices plus the rotations cost
+    # about what the Clebsch-Gordan products do (its gain is fewer, larger operations)
+    assert flops["so2"]["radial_output"] == flops["per_edge"]["radial_output"]
+    assert 1.0 < flops["so2"]["frame_products"] / flops["per_edge"]["tensor_product"] < 1.3
+    assert flops["so2_total"] == pytest.approx(flops["per_edge_total"], rel=0.02)
+    data = {"graph": {"nodes": 1000, "edges": 31912}, "flops": flops,
+            "results": [{"label": label, "pass": "fwd", "median_ms": 100.0, "peak_mb": 1.0}]}
+    (rec,) = run_all.records_conv(data)
+    assert rec["variant"] == "so2" and rec["rate"] == pytest.approx(flops["so2_total"] / 0.1 / 1e9)
 
 
 def test_conv_bench_node_chunk_labels_and_parsing():
@@ -354,7 +373,11 @@ def test_attention_bench_chunk_modes(tmp_path):
     assert att.split_mode("xla@16") == ("xla", {"node_chunk": 16})
     assert att.split_mode("function@e2048") == ("function", {"edge_chunk": 2048})
     assert att.split_mode("function") == ("function", {})
-    for bad in ("xla@0", "xla@x", "xla@-1", "xla@e", "xla@e0", "xla@ex"):
+    assert att.split_mode("xla@so2") == ("xla", {"implementation": "so2"})
+    assert att.split_mode("function@e64+so2") == ("function", {"edge_chunk": 64, "implementation": "so2"})
+    assert att._label("tf", "function@e64+so2") == "tfe function edge_chunk=64 so2"
+    assert run_all._split_label("tfe xla so2") == ("tfe", "xla", "so2")
+    for bad in ("xla@0", "xla@x", "xla@-1", "xla@e", "xla@e0", "xla@ex", "xla@so3", "xla@16+"):
         with pytest.raises(SystemExit, match="node_chunk"):
             att.split_mode(bad)
     for mode, label, variant in (("xla@16", "tfe xla node_chunk=16", "node_chunk=16"),
@@ -368,14 +391,15 @@ def test_attention_bench_chunk_modes(tmp_path):
     out = tmp_path / "att.json"
     proc = subprocess.run(
         [sys.executable, os.path.join(BENCH, "bench_se3_attention.py"), "--nodes", "40", "--no-e3nn",
-         "--tf-modes", "function,function@16,function@e64", "--passes", "fwd", "--reps", "1", "--warmup", "0",
+         "--tf-modes", "function,function@16,function@e64,function@so2", "--passes", "fwd", "--reps", "1", "--warmup", "0",
          "--json", str(out)],
         capture_output=True, text=True, timeout=900, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-2000:]
     data = json.loads(out.read_text())
     assert {(r["label"], r["pass"]) for r in data["results"]} == {
-        ("tfe function", "fwd"), ("tfe function node_chunk=16", "fwd"), ("tfe function edge_chunk=64", "fwd")}
+        ("tfe function", "fwd"), ("tfe function node_chunk=16", "fwd"), ("tfe function edge_chunk=64", "fwd"),
+        ("tfe function so2", "fwd")}
     assert all("error" not in r for r in data["results"]), data["results"]
     dumps = {r["label"]: np.load(r["dump"]) for r in data["results"]}
-    for chunked in ("tfe function node_chunk=16", "tfe function edge_chunk=64"):
+    for chunked in ("tfe function node_chunk=16", "tfe function edge_chunk=64", "tfe function so2"):
         np.testing.assert_allclose(dumps[chunked]["out"], dumps["tfe function"]["out"], rtol=1e-4, atol=1e-4)
