@@ -742,6 +742,20 @@ def test_chunks_equivariant(dtype, chunking):
     assert_equivariant(attention, [IRREPS_IN, CARTESIAN_POINTS], IRREPS_OUT, args_in=args, dtype=dtype)
 
 
+def _value_and_gradients(layer, features, graph, cotangent, mode):
+    """Output and the gradients of ``sum(out * cotangent)`` w.r.t. features, positions and all weights."""
+    def fn(x, positions):
+        with tf.GradientTape() as tape:
+            tape.watch([x, positions])
+            out = layer(x, {**graph, "positions": positions})
+            loss = tf.reduce_sum(out * cotangent)
+        return [out] + [tf.convert_to_tensor(g) for g in tape.gradient(loss, [x, positions] + layer.trainable_weights)]
+
+    if mode != "eager":
+        fn = tf.function(fn, jit_compile=mode == "xla")
+    return fn(tf.constant(features), tf.constant(graph["positions"]))
+
+
 @pytest.mark.parametrize("chunking, mode",
                          [(dict(node_chunk=3), "eager"), (dict(node_chunk=2, max_neighbors=MAX_IN_DEGREE), "function"),
                           (dict(node_chunk=3, max_neighbors=MAX_IN_DEGREE), "xla"), (dict(edge_chunk=5), "eager"),
@@ -755,20 +769,7 @@ def test_chunks_equal_unchunked_with_gradients(chunking, mode):
     blocked(features, graph)
     blocked.set_weights(plain.get_weights())
     cotangent = _rng(17).normal(size=(NUM_NODES, Irreps("2x0e+2x1o").dim))
-
-    def value_and_gradients(layer):
-        def fn(x, positions):
-            with tf.GradientTape() as tape:
-                tape.watch([x, positions])
-                out = layer(x, {**graph, "positions": positions})
-                loss = tf.reduce_sum(out * cotangent)
-            return [out] + [tf.convert_to_tensor(g) for g in tape.gradient(loss, [x, positions]
-                                                                            + layer.trainable_weights)]
-        if mode != "eager":
-            fn = tf.function(fn, jit_compile=mode == "xla")
-        return fn(tf.constant(features), tf.constant(graph["positions"]))
-
-    expected, got = value_and_gradients(plain), value_and_gradients(blocked)
+    expected, got = (_value_and_gradients(layer, features, graph, cotangent, mode) for layer in (plain, blocked))
     assert len(got) == 3 + len(plain.trainable_weights)  # output, features, positions, weights
     for i, (g, e) in enumerate(zip(got, expected)):
         assert np.abs(_np(e)).max() > 1e-6, i  # no vacuous comparison
@@ -792,19 +793,7 @@ def test_so2_equals_per_edge_with_gradients(chunking, mode):
     so2(features, graph)
     so2.set_weights(ref.get_weights())
     cotangent = _rng(18).normal(size=(NUM_NODES, Irreps("2x0e+2x1o+2x2e").dim))
-
-    def value_and_gradients(layer):
-        def fn(x, pos):
-            with tf.GradientTape() as tape:
-                tape.watch([x, pos])
-                out = layer(x, {**graph, "positions": pos})
-                loss = tf.reduce_sum(out * cotangent)
-            return [out] + [tf.convert_to_tensor(g) for g in tape.gradient(loss, [x, pos] + layer.trainable_weights)]
-        if mode != "eager":
-            fn = tf.function(fn, jit_compile=mode == "xla")
-        return fn(tf.constant(features), tf.constant(positions))
-
-    expected, got = value_and_gradients(ref), value_and_gradients(so2)
+    expected, got = (_value_and_gradients(layer, features, graph, cotangent, mode) for layer in (ref, so2))
     assert len(got) == 3 + len(ref.trainable_weights)
     for i, (g, e) in enumerate(zip(got, expected)):
         assert np.abs(_np(e)).max() > 1e-6, i
