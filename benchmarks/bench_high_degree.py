@@ -722,6 +722,8 @@ def main(argv=None):
             fh.write(f"- command: `{cmd}` (total {elapsed / 60:.1f} min)\n")
             fh.write(f"- workload: N={args.nodes}, multiplicity {args.mul} per degree, 16 Gaussian -> 64 (SiLU) -> "
                      "per-edge weights, neighbour sum / sqrt(32), no self-interaction\n")
+            fh.write(f"- `*`: fewer timed reps than {args.reps} (over the --budget of {args.budget:.0f} s of timed "
+                     "calls); foreign load: cores used by other processes during that configuration\n")
             if summary:
                 fh.write("\n#### Summary (ratios of medians, best mode of each)\n\n" + summary + "\n")
             for degree, info in per_degree.items():
@@ -744,16 +746,14 @@ def main(argv=None):
         print(f"wrote {args.markdown}")
 
     if args.json:
+        tables_only = ("results", "ratios", "table", "ratio_table", "detail")
+        degrees = [{"degree": d, **{k: v for k, v in info.items() if k not in tables_only},
+                    "ratios": [{"ratio": n, "pass": p, "value": v} for (n, p), v in info.get("ratios", {}).items()],
+                    "results": [{"label": lbl, "pass": p, **r} for (lbl, p), r in info.get("results", {}).items()]}
+                   for d, info in per_degree.items()]
         with open(args.json, "w") as fh:
-            json.dump({"machine": machine, "args": {k: v for k, v in vars(args).items()}, "elapsed_s": elapsed,
-                       "stopped_at_degree": failed,
-                       "degrees": [{"degree": d, **{k: v for k, v in info.items()
-                                                    if k not in ("results", "ratios", "table", "ratio_table", "detail")},
-                                    "ratios": [{"ratio": n, "pass": p, "value": v}
-                                               for (n, p), v in info.get("ratios", {}).items()],
-                                    "results": [{"label": lbl, "pass": p, **r}
-                                                for (lbl, p), r in info.get("results", {}).items()]}
-                                   for d, info in per_degree.items()]}, fh, indent=1)
+            json.dump({"machine": machine, "args": vars(args), "elapsed_s": elapsed, "stopped_at_degree": failed,
+                       "degrees": degrees}, fh, indent=1)
         print(f"wrote {args.json}")
     return 1 if failed is not None else 0
 

@@ -143,7 +143,8 @@ def test_tiny_graph_e3nn_agrees(tmp_path):
 def test_end_to_end_tiny(tmp_path):
     md, js = tmp_path / "summary.md", tmp_path / "results.json"
     argv = [sys.executable, SCRIPT, "--nodes", "40", "--degrees", "2,3", "--reps", "2", "--warmup", "1",
-            "--e3nn-modes", "eager", "--per-node-bwd-max-degree", "2", "--quiet-wait", "0", "--retries", "0", "--markdown", str(md), "--json", str(js)]
+            "--e3nn-modes", "eager", "--per-node-bwd-max-degree", "2", "--quiet-wait", "0", "--retries", "0",
+            "--markdown", str(md), "--json", str(js)]
     proc = subprocess.run(argv, capture_output=True, text=True, timeout=1800, cwd=ROOT)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     text = md.read_text()
