@@ -98,17 +98,19 @@ class EdgeFilterLayer(keras.layers.Layer):
         )
         self.radial.build(None)
 
-    def _edge_inputs(self, graph, need_sh=True):
+    def _edge_inputs(self, graph, vectors=False):
         """Harmonics, radial features and mask per edge, reusing EdgeGeometry's when present.
 
-        ``need_sh=False``: no harmonics (returned as None).
+        ``vectors=True``: the edge vectors (geometry dtype) in place of the harmonics, for
+        the products in edge-aligned frames; the radial features reuse them.
         """
         ops = keras.ops
         geometry_dtype = self.dtype_policy.variable_dtype
         need = (self.irreps_sh.lmax + 1) ** 2
         vec = None
-        if not need_sh:
+        if vectors:
             sh = None
+            vec = edge_vectors(graph, geometry_dtype)
         elif graph.get("edge_sh") is not None:
             sh = graph["edge_sh"]
             if sh.shape[-1] is not None and sh.shape[-1] < need:
@@ -141,7 +143,7 @@ class EdgeFilterLayer(keras.layers.Layer):
         if self._edge_attr_dim:
             radial = ops.concatenate([radial, ops.cast(graph["edge_attr"], self.compute_dtype)], axis=-1)
         mask = graph.get("edge_mask")
-        return sh, radial, mask
+        return (vec if vectors else sh), radial, mask
 
     def _radial_hidden(self, radial, mask):
         ops = keras.ops

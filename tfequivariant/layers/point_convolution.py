@@ -10,7 +10,6 @@ from tfequivariant.layers._edge_filter import EdgeFilterLayer, check_positive_in
 from tfequivariant.layers._per_node import PerNodePlan, last_layer_weights, per_node_convolution
 from tfequivariant.layers._so2 import SO2Plan, edge_frame, so2_products
 from tfequivariant.layers._receiver_blocks import map_blocks, pad_to_blocks, receiver_layout, with_zero_row
-from tfequivariant.layers.edge_geometry import edge_vectors
 from tfequivariant.layers.self_interaction import SelfInteraction, parse_irreps
 from tfequivariant.layers.tensor_product import (
     fully_connected_instructions,
@@ -235,10 +234,10 @@ class PointConvolution(EdgeFilterLayer):
         )
         return tfe_ops.segment_sum(messages, graph["receivers"], n)
 
-    def _so2(self, features, graph, h):
+    def _so2(self, features, graph, vec, h):
         self.irreps_in._check_features(features, "features")
         plan = self._so2_plan
-        frame = edge_frame(edge_vectors(graph, self.dtype_policy.variable_dtype), plan.lmax, self.compute_dtype)
+        frame = edge_frame(vec, plan.lmax, self.compute_dtype)
         messages = so2_products(plan, tfe_ops.gather(features, graph["senders"]), frame, h, self.radial_output)
         return tfe_ops.segment_sum(messages, graph["receivers"], tfe_ops.num_nodes(graph["positions"]))
 
@@ -246,14 +245,14 @@ class PointConvolution(EdgeFilterLayer):
         ops = keras.ops
         features = ops.convert_to_tensor(features, dtype=self.compute_dtype)
         so2 = self.implementation == "so2"
-        sh, radial, mask = self._edge_inputs(graph, need_sh=not so2)
+        geometry, radial, mask = self._edge_inputs(graph, vectors=so2)  # so2: edge vectors, else harmonics
         h = self._radial_hidden(radial, mask)
         if so2:
-            out = self._so2(features, graph, h)
+            out = self._so2(features, graph, geometry, h)
         elif self.implementation == "per_node":
-            out = self._per_node(features, graph, sh, h)
+            out = self._per_node(features, graph, geometry, h)
         else:
-            out = self._per_edge(features, graph, sh, h)
+            out = self._per_edge(features, graph, geometry, h)
         out = out / math.sqrt(self.avg_num_neighbors)
         if self.skip is not None:
             out = out + self.skip(features)

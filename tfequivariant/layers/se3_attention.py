@@ -10,7 +10,6 @@ from tfequivariant.irreps import Irreps
 from tfequivariant.layers._edge_filter import EdgeFilterLayer, check_positive_int
 from tfequivariant.layers._receiver_blocks import map_blocks, pad_to_blocks, receiver_layout, with_zero_row
 from tfequivariant.layers._so2 import SO2Plan, edge_frame, so2_products
-from tfequivariant.layers.edge_geometry import edge_vectors
 from tfequivariant.layers.self_interaction import SelfInteraction, parse_irreps
 from tfequivariant.layers.tensor_product import (
     fully_connected_instructions,
@@ -217,12 +216,14 @@ class SE3Attention(EdgeFilterLayer):
                 f"implementation must be 'per_edge' or 'so2'. Received: implementation={implementation!r}"
             )
         self.implementation = implementation
+        # the products per edge: keys and values fused, or apart (edge_chunk's two passes)
+        self._products = {"kv": (self.instructions, self.irreps_kv),
+                          "key": (self._key_instructions, self.irreps_key),
+                          "value": (self._value_instructions, self.irreps_out)}
         self._so2_plans = None
         if implementation == "so2":
-            plan = lambda ins, irreps: SO2Plan(self.irreps_in, self.irreps_sh, irreps, ins)
-            self._so2_plans = {id(self.instructions): plan(self.instructions, self.irreps_kv),
-                               id(self._key_instructions): plan(self._key_instructions, self.irreps_key),
-                               id(self._value_instructions): plan(self._value_instructions, self.irreps_out)}
+            self._so2_plans = {which: SO2Plan(self.irreps_in, self.irreps_sh, irreps, instructions)
+                               for which, (instructions, irreps) in self._products.items()}
         self.query = SelfInteraction(
             self.irreps_in, self.irreps_key, use_bias=False, dtype=self.dtype_policy, name="query"
         )
@@ -245,26 +246,25 @@ class SE3Attention(EdgeFilterLayer):
 
     def _edge_keys_values(self, x_send, sh, h, radial_output):
         """Keys and values of edges given their sender features ``[E, irreps_in.dim]``."""
-        kv = self._edge_products(x_send, sh, h, radial_output, self.instructions, self.irreps_kv)
+        kv = self._edge_products(x_send, sh, h, radial_output, "kv")
         return kv[:, : self.irreps_key.dim], kv[:, self.irreps_key.dim :]
 
     def _edge_geometry(self, graph):
         """Harmonics (``per_edge``) or edge vectors (``so2``), radial features and mask per edge."""
-        if self.implementation == "so2":
-            _, radial, mask = self._edge_inputs(graph, need_sh=False)
-            return edge_vectors(graph, self.dtype_policy.variable_dtype), radial, mask
-        return self._edge_inputs(graph)
+        return self._edge_inputs(graph, vectors=self.implementation == "so2")
 
-    def _edge_products(self, x_send, sh, h, radial_output, instructions, irreps_out, ordered=False):
-        """The weighted tensor products of ``instructions`` per edge (``radial_output``: their columns).
+    def _edge_products(self, x_send, sh, h, radial_output, which, ordered=False):
+        """The weighted tensor products per edge of ``which`` ("kv", "key" or "value";
+        ``radial_output``: the columns of its paths).
 
         ``sh``: the edge harmonics, or with ``implementation="so2"`` the edge vectors;
         ``ordered``: ``radial_output``'s columns are in the SO(2) plan's order.
         """
         if self.implementation == "so2":
-            plan = self._so2_plans[id(instructions)]
+            plan = self._so2_plans[which]
             frame = edge_frame(sh, plan.lmax, self.compute_dtype)
             return so2_products(plan, x_send, frame, h, radial_output, ordered)
+        instructions, irreps_out = self._products[which]
         weights = radial_path_weights(h, radial_output, instructions)
         return tensor_product(
             self.irreps_in.split(x_send),
@@ -296,18 +296,17 @@ class SE3Attention(EdgeFilterLayer):
         key_columns, value_columns = np.asarray(self._key_columns), np.asarray(self._value_columns)
         ordered = self.implementation == "so2"
         if ordered:  # the SO(2) plans' column order, gathered once rather than in every chunk
-            key_columns = key_columns[self._so2_plans[id(self._key_instructions)].column_order]
-            value_columns = value_columns[self._so2_plans[id(self._value_instructions)].column_order]
+            key_columns = key_columns[self._so2_plans["key"].column_order]
+            value_columns = value_columns[self._so2_plans["value"].column_order]
         key_w = tf.gather(radial_output, key_columns, axis=1)
         value_w = tf.gather(radial_output, value_columns, axis=1)
 
         def keys_block(s, r, y, hh, x, q, w):  # a chunk's edges -> logits [C, heads]
-            keys = self._edge_products(tf.gather(x, s), y, hh, w, self._key_instructions, self.irreps_key, ordered)
+            keys = self._edge_products(tf.gather(x, s), y, hh, w, "key", ordered)
             return self._logits(tf.gather(q, r) * keys)
 
         def values_block(s, y, hh, a, x, w):  # a chunk's edges -> alpha-weighted values [C, irreps_out.dim]
-            values = self._edge_products(tf.gather(x, s), y, hh, w, self._value_instructions, self.irreps_out,
-                                         ordered)
+            values = self._edge_products(tf.gather(x, s), y, hh, w, "value", ordered)
             return self._weighted_values(a, values)
 
         logits = map_blocks(keys_block, (senders, receivers, sh, h), (nodes, queries, key_w), chunk, self.num_heads,

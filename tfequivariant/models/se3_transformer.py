@@ -129,9 +129,7 @@ class SE3Transformer(BaseGraphModel):
         self.nonlinearity = nonlinearity
         self.max_neighbors = max_neighbors
         self.attention_edge_chunk = attention_edge_chunk
-        if implementation not in ("per_edge", "so2"):
-            raise ValueError(f"implementation must be 'per_edge' or 'so2'. Received: implementation={implementation!r}")
-        self.implementation = implementation
+        self.implementation = implementation  # checked by SE3Attention
         filters = dict(
             irreps_sh=self.irreps_sh,
             num_radial_basis=num_radial_basis,
