@@ -79,10 +79,6 @@ from bench_se3_attention import ChildMemoryGuard  # noqa: E402
 DEGREES = (2, 4, 6)
 MUL = 8
 NODES = 300
-CUTOFF = conv.CUTOFF
-NUM_BASIS = conv.NUM_BASIS
-HIDDEN = conv.HIDDEN
-AVG_NEIGHBORS = conv.AVG_NEIGHBORS
 
 TF_IMPLEMENTATIONS = ("per_edge", "so2", "per_node")
 TF_MODES = ("eager", "function", "xla")
@@ -137,26 +133,8 @@ def build_workload(num_nodes, degree, mul=MUL):
 
 # -- TensorFlow side -----------------------------------------------------------------
 def _tf_layer(implementation, degree, mul, max_neighbors=None):
-    import keras
-
-    from tfequivariant.layers import PointConvolution
-
-    keras.utils.set_random_seed(0)
-    irreps = feature_irreps(degree, mul)
-    return PointConvolution(
-        irreps,
-        irreps,
-        irreps_sh=degree,
-        num_radial_basis=NUM_BASIS,
-        cutoff=CUTOFF,
-        radial_basis="gaussian",
-        radial_hidden=(HIDDEN,),
-        radial_activation="silu",
-        avg_num_neighbors=AVG_NEIGHBORS,
-        self_interaction=False,
-        max_neighbors=max_neighbors,
-        implementation=implementation,
-    )
+    """``bench_point_convolution._tf_layer`` at this degree's irreps, without self-interaction."""
+    return conv._tf_layer(implementation, False, max_neighbors, irreps=feature_irreps(degree, mul), irreps_sh=degree)
 
 
 def tf_worker(cfg):
@@ -185,67 +163,8 @@ def tf_worker(cfg):
 
 # -- e3nn side -----------------------------------------------------------------------
 def _e3nn_module(num_nodes, irreps, irreps_sh, weights=None, act_constant=None, script=False):
-    """``bench_point_convolution._e3nn_module`` for any irreps: radial MLP -> per-edge weights,
-    ``FullyConnectedTensorProduct``, ``index_add``."""
-    import e3nn
-    import torch
-    from e3nn import o3
-    from e3nn.nn import FullyConnectedNet
-    from e3nn.util.jit import compile_mode
-
-    if script:
-        e3nn.set_optimization_defaults(jit_mode="script")
-
-    @compile_mode("script")
-    class E3nnConvolution(torch.nn.Module):
-        num_nodes: int
-        dim_out: int
-        cutoff: float
-        step: float
-        norm: float
-
-        def __init__(self):
-            super().__init__()
-            self.sh = o3.SphericalHarmonics(irreps_sh, normalize=True, normalization="component")
-            self.tp = o3.FullyConnectedTensorProduct(irreps, irreps_sh, irreps, shared_weights=False)
-            self.fc = FullyConnectedNet([NUM_BASIS, HIDDEN, self.tp.weight_numel], torch.nn.functional.silu)
-            self.register_buffer("centers", torch.linspace(0.0, CUTOFF, NUM_BASIS))
-            self.num_nodes = num_nodes
-            self.dim_out = o3.Irreps(irreps).dim
-            self.cutoff = CUTOFF
-            self.step = CUTOFF / (NUM_BASIS - 1)
-            self.norm = 1.0 / AVG_NEIGHBORS**0.5
-
-        def radial_basis(self, r: torch.Tensor) -> torch.Tensor:
-            # tfequivariant's RadialBasis("gaussian"): Gaussians / 1.12 times the p = 6 polynomial envelope.
-            b = torch.exp(-(((r[:, None] - self.centers) / self.step) ** 2)) / 1.12
-            x = r[:, None] / self.cutoff
-            xp = x**6
-            u = 1 - 28 * xp + 48 * xp * x - 21 * xp * x * x
-            return b * torch.where(x < 1, u, torch.zeros_like(u))
-
-        def forward(self, features, positions, senders, receivers, shifts):
-            vec = positions[senders] - positions[receivers] + shifts
-            sh = self.sh(vec)
-            emb = self.radial_basis(torch.sqrt(torch.sum(vec * vec, dim=1)))
-            messages = self.tp(features[senders], sh, self.fc(emb))
-            out = messages.new_zeros((self.num_nodes, self.dim_out)).index_add(0, receivers, messages)
-            return out * self.norm
-
-    torch.manual_seed(0)
-    module = E3nnConvolution()
-    if weights is not None:
-        with torch.no_grad():
-            module.fc.layer0.weight.copy_(torch.from_numpy(weights["radial_kernel_0"]))
-            module.fc.layer1.weight.copy_(torch.from_numpy(weights["radial_output"]))
-    if act_constant is not None:
-        # e3nn estimates normalize2mom's constant from 1e6 samples; tfequivariant integrates it exactly.
-        module.fc.layer0.act.cst = act_constant
-    if script:
-        from e3nn.util.jit import compile as e3nn_compile
-
-        module = e3nn_compile(module)
-    return module
+    """``bench_point_convolution._e3nn_module`` at these irreps."""
+    return conv._e3nn_module(num_nodes, weights, act_constant, script, irreps=irreps, irreps_sh=irreps_sh)
 
 
 def e3nn_worker(cfg):

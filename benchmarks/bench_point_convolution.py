@@ -190,16 +190,17 @@ def _measure(build_step, warmup, reps, budget_s):
 
 
 # -- TensorFlow side -----------------------------------------------------------------
-def _tf_layer(implementation, self_interaction, max_neighbors, node_chunk=None):
+def _tf_layer(implementation, self_interaction, max_neighbors, node_chunk=None, irreps=IRREPS, irreps_sh=IRREPS_SH):
+    """The benchmark's ``PointConvolution`` (``irreps`` in and out; other workloads pass their own)."""
     import keras
 
     from tfequivariant.layers import PointConvolution
 
     keras.utils.set_random_seed(0)
     return PointConvolution(
-        IRREPS,
-        IRREPS,
-        irreps_sh=IRREPS_SH,
+        irreps,
+        irreps,
+        irreps_sh=irreps_sh,
         num_radial_basis=NUM_BASIS,
         cutoff=CUTOFF,
         radial_basis="gaussian",
@@ -282,8 +283,9 @@ def matmul_worker(cfg):
 
 
 # -- e3nn side -----------------------------------------------------------------------
-def _e3nn_module(num_nodes, weights=None, act_constant=None, script=False):
-    """e3nn's convolution: radial MLP -> per-edge weights, FullyConnectedTensorProduct, index_add."""
+def _e3nn_module(num_nodes, weights=None, act_constant=None, script=False, irreps=IRREPS, irreps_sh=IRREPS_SH):
+    """e3nn's convolution: radial MLP -> per-edge weights, FullyConnectedTensorProduct, index_add
+    (``irreps`` in and out, harmonics ``irreps_sh``; other workloads pass their own)."""
     import e3nn
     import torch
     from e3nn import o3
@@ -303,12 +305,12 @@ def _e3nn_module(num_nodes, weights=None, act_constant=None, script=False):
 
         def __init__(self):
             super().__init__()
-            self.sh = o3.SphericalHarmonics(IRREPS_SH, normalize=True, normalization="component")
-            self.tp = o3.FullyConnectedTensorProduct(IRREPS, IRREPS_SH, IRREPS, shared_weights=False)
+            self.sh = o3.SphericalHarmonics(irreps_sh, normalize=True, normalization="component")
+            self.tp = o3.FullyConnectedTensorProduct(irreps, irreps_sh, irreps, shared_weights=False)
             self.fc = FullyConnectedNet([NUM_BASIS, HIDDEN, self.tp.weight_numel], torch.nn.functional.silu)
             self.register_buffer("centers", torch.linspace(0.0, CUTOFF, NUM_BASIS))
             self.num_nodes = num_nodes
-            self.dim_out = o3.Irreps(IRREPS).dim
+            self.dim_out = o3.Irreps(irreps).dim
             self.cutoff = CUTOFF
             self.step = CUTOFF / (NUM_BASIS - 1)
             self.norm = 1.0 / AVG_NEIGHBORS**0.5
