@@ -387,26 +387,37 @@ def test_tflite_builtins_only_and_matches_keras_at_several_sizes(artifacts, name
         np.testing.assert_allclose(out, _keras(exported.model, graph), atol=ATOL, rtol=0, err_msg=f"N={num_nodes}")
 
 
+def _export_twin(build, tmp_path, name, variant, **kwargs):
+    """``build(..., **kwargs)`` and ``build(..., **kwargs, **variant)`` with the same weights, the
+    variant exported to a SavedModel (loaded) and a builtins-only ``.tflite`` (its runner).
+
+    Returns ``(plain, variant_model, serving_signature, runner, tflite_ops)``.
+    """
+    keras.utils.set_random_seed(0)
+    plain = build("1x1o", "2x1o", **kwargs)
+    keras.utils.set_random_seed(0)
+    model = build("1x1o", "2x1o", **kwargs, **variant)
+    model.set_weights(plain.get_weights())
+    saved = export.export_saved_model(model, tmp_path / name)
+    loaded = tf.saved_model.load(saved)
+    path = tmp_path / f"{name}.tflite"
+    export.to_tflite(saved, path)
+    ops = export.tflite_ops(path)
+    assert not [op for op in ops if op.startswith("Flex") or op in ("CUSTOM", "DELEGATE")], ops
+    return plain, model, loaded.signatures["serving_default"], _runner(path), ops
+
+
 def test_edge_chunked_attention_exports_to_saved_model_and_tflite(tmp_path):
     """SE3Attention(edge_chunk=...) inside the model: its loop over chunks becomes a WHILE of
     builtins, and the served numbers are the unchunked model's."""
-    keras.utils.set_random_seed(0)
-    plain = build_se3_transformer("1x1o", "2x1o", num_heads=2, **SIDE)
-    keras.utils.set_random_seed(0)
-    chunked = build_se3_transformer("1x1o", "2x1o", num_heads=2, attention_edge_chunk=16, **SIDE)
-    chunked.set_weights(plain.get_weights())
-    saved = export.export_saved_model(chunked, tmp_path / "chunked")
-    loaded = tf.saved_model.load(saved)
-    path = tmp_path / "chunked.tflite"
-    export.to_tflite(saved, path)
-    ops = export.tflite_ops(path)
-    assert "WHILE" in ops and not [op for op in ops if op.startswith("Flex") or op in ("CUSTOM", "DELEGATE")]
-    runner = _runner(path)
+    plain, _, serve, runner, ops = _export_twin(build_se3_transformer, tmp_path, "chunked",
+                                                {"attention_edge_chunk": 16}, num_heads=2, **SIDE)
+    assert "WHILE" in ops
     for num_nodes, seed in ((11, 4), (5, 3)):  # more than one chunk, then one
         graph = _graph(num_nodes, seed)
         expected = _keras(plain, graph)
         assert len(graph["senders"]) > 16 if num_nodes == 11 else len(graph["senders"]) <= 16
-        np.testing.assert_allclose(_serve(loaded.signatures["serving_default"], graph), expected, atol=ATOL, rtol=0)
+        np.testing.assert_allclose(_serve(serve, graph), expected, atol=ATOL, rtol=0)
         np.testing.assert_allclose(runner(graph), expected, atol=ATOL, rtol=0, err_msg=f"N={num_nodes}")
 
 
@@ -418,24 +429,13 @@ def test_so2_models_export_to_saved_model_and_tflite(tmp_path, build):
     side = {**SIDE, "max_degree": 3, "num_layers": 2}
     if build is build_se3_transformer:
         side["num_heads"] = 2
-    keras.utils.set_random_seed(0)
-    plain = build("1x1o", "2x1o", **side)
-    keras.utils.set_random_seed(0)
-    so2 = build("1x1o", "2x1o", implementation="so2", **side)
-    so2.set_weights(plain.get_weights())
-    saved = export.export_saved_model(so2, tmp_path / "so2")
-    loaded = tf.saved_model.load(saved)
-    path = tmp_path / "so2.tflite"
-    export.to_tflite(saved, path)
-    ops = export.tflite_ops(path)
-    assert not [op for op in ops if op.startswith("Flex") or op in ("CUSTOM", "DELEGATE")], ops
-    runner = _runner(path)
+    plain, so2, serve, runner, _ = _export_twin(build, tmp_path, "so2", {"implementation": "so2"}, **side)
     for num_nodes, seed in ((11, 4), (5, 3)):
         graph = _graph(num_nodes, seed)
         expected = _keras(plain, graph)
         assert np.abs(expected).max() > 1e-2
         np.testing.assert_allclose(_keras(so2, graph), expected, atol=ATOL, rtol=0)
-        np.testing.assert_allclose(_serve(loaded.signatures["serving_default"], graph), expected, atol=ATOL, rtol=0)
+        np.testing.assert_allclose(_serve(serve, graph), expected, atol=ATOL, rtol=0)
         np.testing.assert_allclose(runner(graph), expected, atol=ATOL, rtol=0, err_msg=f"N={num_nodes}")
 
 
