@@ -421,6 +421,39 @@ def test_edge_chunked_attention_exports_to_saved_model_and_tflite(tmp_path):
         np.testing.assert_allclose(runner(graph), expected, atol=ATOL, rtol=0, err_msg=f"N={num_nodes}")
 
 
+def test_node_blocks_export_to_saved_model_and_tflite(tmp_path):
+    """PointConvolution(node_chunk=...) in a functional model: the loop over blocks (a WHILE) and
+    the choice of each block's slot count (nested IFs) are builtins, the receivers' sort and its
+    inverse too, and the served numbers are the unblocked layer's."""
+    from tfequivariant.layers import PointConvolution
+    from tfequivariant.models._common import graph_inputs
+
+    def build(node_chunk):
+        keras.utils.set_random_seed(0)
+        inputs = graph_inputs(3)
+        graph = {k: inputs[k] for k in ("positions", "senders", "receivers")}
+        conv = PointConvolution("1x1o", "2x0e+1x1o+1x2e", num_radial_basis=6, radial_hidden=(8,), cutoff=CUTOFF,
+                                node_chunk=node_chunk)
+        return keras.Model(inputs, conv(inputs["node_features"], graph))
+
+    plain, blocked = build(None), build(2)
+    blocked.set_weights(plain.get_weights())
+    saved = export.export_saved_model(blocked, tmp_path / "blocks")
+    serve = tf.saved_model.load(saved).signatures["serving_default"]
+    path = tmp_path / "blocks.tflite"
+    export.to_tflite(saved, path)
+    ops = export.tflite_ops(path)
+    assert not [op for op in ops if op.startswith("Flex") or op in ("CUSTOM", "DELEGATE")], ops
+    assert {"WHILE", "IF"} <= set(ops), ops
+    runner = _runner(path)
+    for num_nodes, seed in ((11, 4), (5, 3), (2, 1)):
+        graph = _graph(num_nodes, seed)
+        expected = _keras(plain, graph)
+        assert np.abs(expected).max() > 1e-2
+        np.testing.assert_allclose(_serve(serve, graph), expected, atol=ATOL, rtol=0)
+        np.testing.assert_allclose(runner(graph), expected, atol=ATOL, rtol=0, err_msg=f"N={num_nodes}")
+
+
 @pytest.mark.parametrize("build", [build_tensor_field_network, build_se3_transformer], ids=["tfn", "se3"])
 def test_so2_models_export_to_saved_model_and_tflite(tmp_path, build):
     """implementation="so2" at degree 3: the edge frames (square roots, reversals, constant

@@ -810,6 +810,57 @@ def test_node_chunk_equals_one_block_with_gradients(node_chunk, mode):
         assert np.abs(b).max() > 0, f"gradient {i} is zero: the comparison would not test it"
 
 
+# 14 nodes whose in-degrees 0..12 are all different (receiver r gets edges from the next d_r
+# nodes): sorted by degree, blocks of 2 receivers need 12, 10, 8, 6, 4, 2 and 0 slots, so with
+# K = 12 every one of the tiers 12 / 9 / 6 / 3 runs (a block on too few slots would drop edges).
+TIER_DEGREES = [12, 0, 1, 9, 2, 6, 3, 7, 0, 4, 5, 11, 8, 10]
+
+
+def _tier_graph():
+    n = len(TIER_DEGREES)
+    receivers = np.repeat(np.arange(n), TIER_DEGREES).astype(np.int32)
+    senders = np.concatenate([(r + 1 + np.arange(d)) % n for r, d in enumerate(TIER_DEGREES)]).astype(np.int32)
+    perm = _rng(5).permutation(len(senders))  # the graph contract does not sort edges
+    return {"positions": _rng(6).normal(size=(n, 3)), "senders": senders[perm], "receivers": receivers[perm]}
+
+
+def test_degree_order_and_slot_tiers():
+    """Hand-derived: the receivers' permutation, the slots each block uses, the tier sizes."""
+    from tfequivariant.layers._receiver_blocks import degree_order, slot_tiers
+
+    e = 99  # empty slot
+    slots = tf.constant([[0, e, e], [e, e, e], [1, 2, 3], [4, 5, e], [6, e, e], [e, e, e]], "int32")
+    order, block_slots = degree_order(slots, e, 2)
+    np.testing.assert_array_equal(order, [2, 3, 0, 4, 1, 5])  # degrees 1 0 3 2 1 0, ties keep their order
+    np.testing.assert_array_equal(block_slots, [3, 1, 0])
+    assert slot_tiers(51) == [51, 39, 26, 13]
+    assert slot_tiers(12) == [12, 9, 6, 3]
+    assert slot_tiers(2) == [2, 1]
+    assert slot_tiers(1) == [1]
+    assert [int(t) for t in slot_tiers(tf.constant(12))] == [12, 9, 6, 3]
+
+
+@pytest.mark.parametrize("mode, max_neighbors", [("eager", None), ("function", None), ("xla", 12)])
+def test_node_chunk_degree_tiers_equal_one_block_with_gradients(mode, max_neighbors):
+    """Receivers sorted by in-degree, each block on the slots of its tier: output and every
+    gradient equal the unblocked layer's (``function`` without ``max_neighbors``: K and the tiers
+    only known at run time)."""
+    graph = _tier_graph()
+    irreps_in, irreps_out = "2x0e+1x1o+1x2e", "1x0e+2x1o+1x2e"
+    features = _features(irreps_in, n=len(TIER_DEGREES), dtype="float64", seed=2)
+    kwargs = dict(cutoff=10.0, max_neighbors=max_neighbors)  # every edge inside the cutoff
+    plain = _built(_conv(irreps_in, irreps_out, **kwargs), features, graph)
+    blocked = _conv(irreps_in, irreps_out, node_chunk=2, **kwargs)
+    blocked(features, graph)
+    blocked.set_weights(plain.get_weights())
+    cotangent = _rng(7).normal(size=(len(TIER_DEGREES), Irreps(irreps_out).dim))
+    expected = _value_and_grads(plain, features, graph, cotangent, "eager")
+    got = _value_and_grads(blocked, features, graph, cotangent, mode)
+    for i, (a, b) in enumerate(zip(got, expected)):
+        _assert_close(a, b, 1e-10, f"output/gradient {i}")
+        assert np.abs(b).max() > 0, f"gradient {i} is zero: the comparison would not test it"
+
+
 def test_node_chunk_with_unknown_number_of_nodes():
     """A graph whose node count is only known at run time (SavedModel-style signature)."""
     graph, features = _graph("float64"), _features(dtype="float64", seed=2)
@@ -833,11 +884,11 @@ def test_node_chunk_with_unknown_number_of_nodes():
 
 
 def test_node_chunk_second_order_gradients_are_not_supported():
-    """Documented limit: recompute_grad has no gradient of its gradient (forces in the loss)."""
+    """Documented limit: the blocks' recomputing backward has no gradient of its own (forces in the loss)."""
     graph, features = _graph("float64"), _features(dtype="float64", seed=2)
     layer = _built(_conv(node_chunk=3), features, graph)
     positions = tf.constant(graph["positions"])
-    with pytest.raises(NotImplementedError, match="recompute_grad"):
+    with pytest.raises(NotImplementedError, match=r"not supported through node blocks \(node_chunk\)"):
         with tf.GradientTape() as outer:
             with tf.GradientTape() as inner:
                 inner.watch(positions)

@@ -8,7 +8,7 @@ loop over blocks that recomputes each block in the backward pass.
 
 from tfequivariant import ops as tfe_ops
 
-__all__ = ["receiver_layout", "with_zero_row", "pad_to_blocks", "map_blocks"]
+__all__ = ["receiver_layout", "with_zero_row", "pad_to_blocks", "map_blocks", "degree_order", "map_blocks_by_degree"]
 
 
 def receiver_layout(graph, num_nodes, max_neighbors):
@@ -74,3 +74,139 @@ def map_blocks(block, per_receiver, shared, chunk, width, dtype):
     out = tf.map_fn(lambda e: recomputed(*e, *shared), tuple(blocks(rows) for rows in per_receiver),
                     fn_output_signature=tf.TensorSpec((chunk, width), dtype))
     return tf.reshape(out, (-1, width))
+
+
+def degree_order(slots, num_edges, chunk):
+    """Receivers sorted by in-degree (largest first) for ``map_blocks_by_degree``.
+
+    Args:
+        slots: ``[M, K]`` padded slots (``receiver_layout``, ``pad_to_blocks``); empty
+            slots hold ``num_edges``.
+        num_edges: ``E``.
+        chunk: receivers per block (``M`` a whole number of blocks).
+
+    Returns:
+        ``(order, block_slots)``: ``order [M]`` the permutation of the receivers;
+        ``block_slots [M / chunk]`` the number of slots in use in each block of the
+        sorted receivers (its first receiver's in-degree).
+    """
+    import tensorflow as tf
+
+    degree = tf.reduce_sum(tf.cast(slots < num_edges, "int32"), axis=1)
+    order = tf.argsort(degree, direction="DESCENDING", stable=True)
+    return order, tf.reshape(tf.gather(degree, order), (-1, chunk))[:, 0]
+
+
+def slot_tiers(max_slots, num_tiers=4):
+    """Slot counts of the tiers, largest first: ``ceil(K j / num_tiers)``, ``j = num_tiers .. 1``
+    (Python ints, duplicates dropped, when ``K`` is static; tensors otherwise)."""
+    tiers = [(max_slots * j + num_tiers - 1) // num_tiers for j in range(num_tiers, 0, -1)]
+    if isinstance(max_slots, int):
+        tiers = sorted(set(tiers), reverse=True)
+    return tiers
+
+
+def map_blocks_by_degree(block, per_receiver, slot_axes, shared, chunk, width, dtype, block_slots, max_slots,
+                         num_tiers=4):
+    """``map_blocks`` over receivers sorted by in-degree, each block using only the slots it needs.
+
+    A block of receivers with at most ``d`` incoming edges runs ``block`` on the
+    first ``T`` slots, ``T`` the smallest of ``slot_tiers(K)`` that is ``>= d``
+    (nested ``tf.cond`` over a few static sizes, so that XLA compiles it): with
+    the receivers sorted by degree (``degree_order``) the padding of a block is at
+    most ``K / 4`` slots instead of ``K`` minus its degree. Same numbers as
+    ``map_blocks`` (the dropped slots are empty), and the same memory: the
+    backward pass recomputes each block under the same switch, the gradients of
+    the per-receiver inputs padded back to ``K`` slots.
+
+    Args:
+        block, shared, chunk, width, dtype: as ``map_blocks``.
+        per_receiver: tensors with a leading whole number of blocks and a slot axis.
+        slot_axes: the slot axis of each ``per_receiver`` tensor (>= 1).
+        block_slots: ``[num_blocks]`` slots in use per block (``degree_order``).
+        max_slots: ``K`` (int, or a scalar tensor when only known at run time).
+        num_tiers: number of slot counts (``slot_tiers``).
+
+    Returns:
+        ``[num_blocks * chunk, width]``. No gradients of gradients.
+    """
+    import tensorflow as tf
+
+    tiers = slot_tiers(max_slots, num_tiers)
+    tier_of_block = tf.reduce_sum(
+        tf.cast(block_slots[:, None] <= tf.stack([tf.cast(t, "int32") for t in tiers])[None, :], "int32"), axis=1
+    ) - 1
+    n_args = len(per_receiver)
+
+    def sliced(args, t):
+        return [_take_slots(x, axis, tiers[t]) for x, axis in zip(args, slot_axes)]
+
+    def padded(grads, t):
+        return [_pad_slots(g, axis, max_slots - tiers[t]) for g, axis in zip(grads, slot_axes)]
+
+    @tf.custom_gradient
+    def run(tier, *inputs):
+        args, weights = list(inputs[:n_args]), list(inputs[n_args:])
+        out = _switch(tier, [(lambda t=t: block(*sliced(args, t), *weights)) for t in range(len(tiers))])
+
+        def grad(dout):
+            def branch(t):
+                def g():
+                    xs = sliced(args, t)
+                    with tf.GradientTape() as tape:
+                        tape.watch(xs + weights)
+                        o = block(*xs, *weights)
+                    gs = tape.gradient(o, xs + weights, output_gradients=dout,
+                                       unconnected_gradients=tf.UnconnectedGradients.ZERO)
+                    return padded(gs[:n_args], t) + [tf.convert_to_tensor(w) for w in gs[n_args:]]
+                return g
+
+            grads = _switch(tier, [branch(t) for t in range(len(tiers))])
+            return [None] + [_no_second_order(g) for g in grads]
+
+        return out, grad
+
+    def blocks(rows):  # [num_blocks * chunk, ...] -> [num_blocks, chunk, ...]
+        return tf.reshape(rows, tf.concat([[-1, chunk], tf.shape(rows)[1:]], axis=0))
+
+    out = tf.map_fn(lambda e: run(e[-1], *e[:-1], *shared),
+                    tuple(blocks(rows) for rows in per_receiver) + (tier_of_block,),
+                    fn_output_signature=tf.TensorSpec((chunk, width), dtype))
+    return tf.reshape(out, (-1, width))
+
+
+def _switch(index, branches):
+    """``branches[index]()`` as nested ``tf.cond``: If ops are TFLite builtins, Case is not."""
+    import tensorflow as tf
+
+    if len(branches) == 1:
+        return branches[0]()
+    return tf.cond(index <= 0, branches[0], lambda: _switch(index - 1, branches[1:]))
+
+
+def _take_slots(x, axis, n):
+    return x[(slice(None),) * axis + (slice(0, n),)]  # a strided slice keeps the other axes' static sizes
+
+
+def _pad_slots(x, axis, n):
+    import tensorflow as tf
+
+    pad = [[0, 0]] * len(x.shape)
+    pad[axis] = [0, n]
+    return tf.pad(x, pad)
+
+
+def _no_second_order(x):
+    """``x`` unchanged, with a gradient that raises (blocks have no gradients of gradients)."""
+    import tensorflow as tf
+
+    @tf.custom_gradient
+    def identity(v):
+        def grad(_):
+            raise NotImplementedError(
+                "Gradients of gradients (e.g. forces in the loss) are not supported through node blocks "
+                "(node_chunk): their backward pass recomputes each block. Use node_chunk=None for those."
+            )
+        return tf.identity(v), grad
+
+    return identity(x)
