@@ -496,20 +496,28 @@ class Worker:
         for line in self.proc.stdout:
             if line.startswith(RESULT_MARKER):
                 return json.loads(line[len(RESULT_MARKER) :])
+        self._died()
+
+    def _died(self):
         self._stderr.seek(0)
         tail = "\n".join(self._stderr.read().strip().splitlines()[-15:])
         self.error = f"exit code {self.proc.wait()}:\n{tail}"
         raise RuntimeError(self.error)
 
+    def _send(self, line):
+        try:
+            self.proc.stdin.write(line + "\n")
+            self.proc.stdin.flush()
+        except OSError:  # the worker is gone (e.g. killed by a memory guard between two calls)
+            self._died()
+
     def call(self, name):
         """One call of step ``name``; returns its wall time in seconds."""
-        self.proc.stdin.write(f"call {name}\n")
-        self.proc.stdin.flush()
+        self._send(f"call {name}")
         return self._read()["seconds"]
 
     def finish(self):
-        self.proc.stdin.write("finish\n")
-        self.proc.stdin.flush()
+        self._send("finish")
         result = self._read()
         self.proc.wait()
         return result

@@ -403,3 +403,24 @@ def test_attention_bench_chunk_modes(tmp_path):
     dumps = {r["label"]: np.load(r["dump"]) for r in data["results"]}
     for chunked in ("tfe function node_chunk=16", "tfe function edge_chunk=64", "tfe function so2"):
         np.testing.assert_allclose(dumps[chunked]["out"], dumps["tfe function"]["out"], rtol=1e-4, atol=1e-4)
+
+
+def test_worker_killed_between_calls_is_a_failed_worker_not_a_crash():
+    """A serving worker killed between two calls (what the attention benchmark's memory guard
+    does) makes the next call raise RuntimeError with the worker's error set, which the timing
+    loop records as that configuration's failure; it used to escape as BrokenPipeError and end
+    the whole benchmark."""
+    common = load_script(os.path.join(BENCH, "_common.py"), "tfe_bench_common_worker")
+    script = ("import sys\n"
+              f"print({common.RESULT_MARKER!r} + '{{}}', flush=True)\n"
+              "for line in sys.stdin:\n"
+              f"    print({common.RESULT_MARKER!r} + '{{\"seconds\": 0.5}}', flush=True)\n")
+    worker = common.Worker([sys.executable, "-c", script])
+    assert worker.call("step") == 0.5
+    worker.kill()
+    with pytest.raises(RuntimeError, match="exit code"):
+        for _ in range(3):  # the first write may still land in the pipe's buffer
+            worker.call("step")
+    assert worker.error is not None
+    timings, _ = common.interleaved_timings({"dead": worker}, ["step"], warmup=0, repeat=2)
+    assert timings == {}
