@@ -221,8 +221,8 @@ class PointConvolution(EdgeFilterLayer):
         # loop: transposed inside, the gradient of each block's input was scattered back
         # through a transpose in every iteration.
         # Receivers sorted by in-degree, so that a block of similar degrees runs on the slots it
-        # needs (rounded up to a quarter of K) instead of all K: the padding of a uniform graph's
-        # K = 51 slots (mean degree 32) is most of the blocks' work otherwise.
+        # needs (rounded up to a quarter of K) instead of all K: on the benchmark's uniform graph
+        # (K = 51, mean degree 32) the empty slots are 37 % of the blocks' work otherwise.
         slots, sender_slots = pad_to_blocks(n, num_edges, chunk, slots, sender_slots)
         order, block_slots = degree_order(slots, num_edges, chunk)
         slots, sender_slots = tfe_ops.gather(slots, order), tfe_ops.gather(sender_slots, order)
