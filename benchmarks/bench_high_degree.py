@@ -138,26 +138,9 @@ def _tf_layer(implementation, degree, mul, max_neighbors=None):
 
 
 def tf_worker(cfg):
-    import tensorflow as tf
-
     g = build_workload(cfg["nodes"], cfg["degree"], cfg["mul"])
     k = g["max_degree"] if cfg["mode"] == "xla" and cfg["impl"] == "per_node" else None
-
-    def build_step():
-        graph, features, cotangent = conv._tf_inputs(g)
-        layer = _tf_layer(cfg["impl"], cfg["degree"], cfg["mul"], k)
-        layer(features[:2], {"positions": graph["positions"][:2], "senders": tf.constant([0], tf.int32),
-                             "receivers": tf.constant([1], tf.int32)})
-        fn = conv._tf_steps(layer, graph, cotangent, cfg["mode"], cfg["pass"])
-        positions = graph["positions"]
-
-        def step():
-            r = fn(features, positions)
-            (r if cfg["pass"] == "fwd" else r[0]).numpy()
-
-        return step
-
-    measured = conv._measure(build_step, cfg["warmup"], cfg["reps"], cfg["budget_s"])
+    measured = conv.tf_timed(g, lambda: _tf_layer(cfg["impl"], cfg["degree"], cfg["mul"], k), cfg)
     return {**measured, "threads": _common.tf_threading_report()}
 
 
@@ -168,42 +151,14 @@ def _e3nn_module(num_nodes, irreps, irreps_sh, weights=None, act_constant=None, 
 
 
 def e3nn_worker(cfg):
-    import torch
-
     g = build_workload(cfg["nodes"], cfg["degree"], cfg["mul"])
     weights = dict(np.load(cfg["weights"])) if cfg.get("weights") else None
     irreps, irreps_sh = feature_irreps(cfg["degree"], cfg["mul"]), sh_irreps(cfg["degree"])
-
-    def build_step():
-        module = _e3nn_module(cfg["nodes"], irreps, irreps_sh, weights, cfg.get("act_constant"),
-                              script=cfg["mode"] == "script")
-        fn = module
-        if cfg["mode"].startswith("compile"):
-            compile_mode = cfg["mode"].split(":", 1)[1] if ":" in cfg["mode"] else None
-            fn = torch.compile(module, mode=compile_mode)
-        t = conv._torch_inputs(g, cfg["pass"] == "fwdbwd")
-        args = (t["features"], t["positions"], t["senders"], t["receivers"], t["edge_shifts"])
-        params = list(module.parameters())
-
-        if cfg["pass"] == "fwd":
-            def step():
-                with torch.no_grad():
-                    fn(*args)
-        else:
-            def step():
-                loss = (fn(*args) * t["cotangent"]).sum()
-                torch.autograd.grad(loss, [t["features"], t["positions"]] + params)
-
-        return step
-
-    try:
-        return {**conv._measure(build_step, cfg["warmup"], cfg["reps"], cfg["budget_s"]),
-                "threads": _common.torch_threading_report()}
-    except Exception as e:  # torch.compile can fail on a given setup: report why
-        return {"error": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300]}
+    return conv.e3nn_timed(
+        g, lambda script: _e3nn_module(cfg["nodes"], irreps, irreps_sh, weights, cfg.get("act_constant"), script),
+        cfg)
 
 
-# -- correctness: the same function everywhere ----------------------------------------
 def _difference(ours, theirs):
     scale = float(np.abs(theirs).max())
     diff = float(np.abs(ours - theirs).max())

@@ -243,16 +243,14 @@ def _tf_steps(layer, graph, cotangent, mode, pass_):
     return fn
 
 
-def tf_worker(cfg):
+def tf_timed(g, make_layer, cfg):
+    """``_measure`` of the layer ``make_layer()`` on workload ``g`` in ``cfg``'s mode and pass
+    (the layer built on a two-node graph first). Shared with other convolution workloads."""
     import tensorflow as tf
-
-    g = build_graph(cfg["nodes"])
-    k = g["max_degree"] if cfg["mode"] == "xla" else None
-    built = {}
 
     def build_step():
         graph, features, cotangent = _tf_inputs(g)
-        layer = built["layer"] = _tf_layer(cfg["impl"], cfg["si"], k, cfg.get("node_chunk"))
+        layer = make_layer()
         layer(features[:2], {"positions": graph["positions"][:2], "senders": tf.constant([0], tf.int32),
                              "receivers": tf.constant([1], tf.int32)})
         fn = _tf_steps(layer, graph, cotangent, cfg["mode"], cfg["pass"])
@@ -264,7 +262,19 @@ def tf_worker(cfg):
 
         return step
 
-    measured = _measure(build_step, cfg["warmup"], cfg["reps"], cfg["budget_s"])
+    return _measure(build_step, cfg["warmup"], cfg["reps"], cfg["budget_s"])
+
+
+def tf_worker(cfg):
+    g = build_graph(cfg["nodes"])
+    k = g["max_degree"] if cfg["mode"] == "xla" else None
+    built = {}
+
+    def make_layer():
+        built["layer"] = _tf_layer(cfg["impl"], cfg["si"], k, cfg.get("node_chunk"))
+        return built["layer"]
+
+    measured = tf_timed(g, make_layer, cfg)
     return {**measured, "node_chunk": built["layer"].node_chunk,
             "threads": _common.tf_threading_report(),
             "TF_CPU_ALLOCATOR_USE_BFC": _common.tf_pool_setting()}
@@ -360,14 +370,14 @@ def _torch_inputs(g, requires_grad):
     return t
 
 
-def e3nn_worker(cfg):
+def e3nn_timed(g, make_module, cfg):
+    """``_measure`` of e3nn's module ``make_module(script)`` on workload ``g`` in ``cfg``'s mode
+    (eager, script, compile[:mode]) and pass, or ``{"error": ...}`` when it fails (``torch.compile``
+    can fail on a given setup). Shared with other convolution workloads."""
     import torch
 
-    g = build_graph(cfg["nodes"])
-    weights = dict(np.load(cfg["weights"])) if cfg.get("weights") else None
-
     def build_step():
-        module = _e3nn_module(cfg["nodes"], weights, cfg.get("act_constant"), script=cfg["mode"] == "script")
+        module = make_module(cfg["mode"] == "script")
         fn = module
         if cfg["mode"].startswith("compile"):
             compile_mode = cfg["mode"].split(":", 1)[1] if ":" in cfg["mode"] else None
@@ -392,6 +402,13 @@ def e3nn_worker(cfg):
                 "threads": _common.torch_threading_report()}
     except Exception as e:  # torch.compile can fail on a given setup: report why
         return {"error": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300]}
+
+
+def e3nn_worker(cfg):
+    g = build_graph(cfg["nodes"])
+    weights = dict(np.load(cfg["weights"])) if cfg.get("weights") else None
+    return e3nn_timed(g, lambda script: _e3nn_module(cfg["nodes"], weights, cfg.get("act_constant"), script=script),
+                      cfg)
 
 
 # -- correctness: the same function on both sides -----------------------------------
