@@ -830,8 +830,9 @@ def test_degree_order_and_slot_tiers():
 
     e = 99  # empty slot
     slots = tf.constant([[0, e, e], [e, e, e], [1, 2, 3], [4, 5, e], [6, e, e], [e, e, e]], "int32")
-    order, block_slots = degree_order(slots, e, 2)
+    order, inverse, block_slots = degree_order(slots, e, 2)
     np.testing.assert_array_equal(order, [2, 3, 0, 4, 1, 5])  # degrees 1 0 3 2 1 0, ties keep their order
+    np.testing.assert_array_equal(inverse, [2, 4, 0, 1, 3, 5])
     np.testing.assert_array_equal(block_slots, [3, 1, 0])
     assert slot_tiers(51) == [51, 39, 26, 13]
     assert slot_tiers(12) == [12, 9, 6, 3]

@@ -67,11 +67,8 @@ def map_blocks(block, per_receiver, shared, chunk, width, dtype):
     """
     import tensorflow as tf
 
-    def blocks(rows):  # [num_blocks * chunk, ...] -> [num_blocks, chunk, ...]
-        return tf.reshape(rows, tf.concat([[-1, chunk], tf.shape(rows)[1:]], axis=0))
-
     recomputed = tf.recompute_grad(block)
-    out = tf.map_fn(lambda e: recomputed(*e, *shared), tuple(blocks(rows) for rows in per_receiver),
+    out = tf.map_fn(lambda e: recomputed(*e, *shared), tuple(_blocks(rows, chunk) for rows in per_receiver),
                     fn_output_signature=tf.TensorSpec((chunk, width), dtype))
     return tf.reshape(out, (-1, width))
 
@@ -86,15 +83,19 @@ def degree_order(slots, num_edges, chunk):
         chunk: receivers per block (``M`` a whole number of blocks).
 
     Returns:
-        ``(order, block_slots)``: ``order [M]`` the permutation of the receivers;
-        ``block_slots [M / chunk]`` the number of slots in use in each block of the
-        sorted receivers (its first receiver's in-degree).
+        ``(order, inverse, block_slots)``: ``order [M]`` the permutation of the receivers
+        (gather rows with it to sort them), ``inverse [M]`` its inverse (gather the sorted
+        results with it to put them back in the graph's order); ``block_slots [M / chunk]``
+        the number of slots in use in each block of the sorted receivers (its first
+        receiver's in-degree).
     """
     import tensorflow as tf
 
     degree = tf.reduce_sum(tf.cast(slots < num_edges, "int32"), axis=1)
     order = tf.argsort(degree, direction="DESCENDING", stable=True)
-    return order, tf.reshape(tf.gather(degree, order), (-1, chunk))[:, 0]
+    # a scatter, not tf.math.invert_permutation: InvertPermutation is no TFLite builtin
+    inverse = tf.scatter_nd(order[:, None], tf.range(tf.size(order)), tf.shape(order))
+    return order, inverse, tf.reshape(tf.gather(degree, order), (-1, chunk))[:, 0]
 
 
 def slot_tiers(max_slots, num_tiers=4):
@@ -166,13 +167,17 @@ def map_blocks_by_degree(block, per_receiver, slot_axes, shared, chunk, width, d
 
         return out, grad
 
-    def blocks(rows):  # [num_blocks * chunk, ...] -> [num_blocks, chunk, ...]
-        return tf.reshape(rows, tf.concat([[-1, chunk], tf.shape(rows)[1:]], axis=0))
-
     out = tf.map_fn(lambda e: run(e[-1], *e[:-1], *shared),
-                    tuple(blocks(rows) for rows in per_receiver) + (tier_of_block,),
+                    tuple(_blocks(rows, chunk) for rows in per_receiver) + (tier_of_block,),
                     fn_output_signature=tf.TensorSpec((chunk, width), dtype))
     return tf.reshape(out, (-1, width))
+
+
+def _blocks(rows, chunk):
+    """``[num_blocks * chunk, ...] -> [num_blocks, chunk, ...]``."""
+    import tensorflow as tf
+
+    return tf.reshape(rows, tf.concat([[-1, chunk], tf.shape(rows)[1:]], axis=0))
 
 
 def _switch(index, branches):

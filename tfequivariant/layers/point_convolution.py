@@ -224,7 +224,7 @@ class PointConvolution(EdgeFilterLayer):
         # needs (rounded up to a quarter of K) instead of all K: on the benchmark's uniform graph
         # (K = 51, mean degree 32) the empty slots are 37 % of the blocks' work otherwise.
         slots, sender_slots = pad_to_blocks(n, num_edges, chunk, slots, sender_slots)
-        order, block_slots = degree_order(slots, num_edges, chunk)
+        order, inverse, block_slots = degree_order(slots, num_edges, chunk)
         slots, sender_slots = tfe_ops.gather(slots, order), tfe_ops.gather(sender_slots, order)
         k = slots.shape[1] if slots.shape[1] is not None else tf.shape(slots)[1]
         out = map_blocks_by_degree(
@@ -232,8 +232,7 @@ class PointConvolution(EdgeFilterLayer):
             (neighbour_last(features, sender_slots), neighbour_last(sh, slots), tfe_ops.gather(h, slots)),
             (2, 2, 1), weights, chunk, self.irreps_out.dim, self.compute_dtype, block_slots, k,
         )
-        inverse = tf.scatter_nd(order[:, None], tf.range(tf.size(order)), tf.shape(order))  # (InvertPermutation
-        return tfe_ops.gather(out, inverse)[:n]                                            # is no TFLite builtin)
+        return tfe_ops.gather(out, inverse)[:n]
 
     def _per_edge(self, features, graph, sh, h):
         ops = keras.ops
