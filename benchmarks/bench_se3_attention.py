@@ -538,6 +538,9 @@ def breakdown_worker(cfg):
 
 
 # -- memory guard: the machine is shared --------------------------------------------
+TOTAL_CAP_KILL = "all benchmark processes together"  # the guard's reason for a kill by the combined cap
+
+
 class ChildMemoryGuard:
     """Kill (SIGKILL, by pid) a child of this process whose RSS exceeds ``per_child`` bytes, or
     the largest child when all children together exceed ``total`` bytes.
@@ -606,7 +609,7 @@ class ChildMemoryGuard:
                     self._kill(pid, f"RSS {r / 2**30:.1f} GiB > per-process limit {self.per_child / 2**30:.1f} GiB")
             if sum(rss.values()) > self.total and rss:
                 pid = max(rss, key=rss.get)
-                self._kill(pid, f"all benchmark processes together {sum(rss.values()) / 2**30:.1f} GiB > "
+                self._kill(pid, f"{TOTAL_CAP_KILL} {sum(rss.values()) / 2**30:.1f} GiB > "
                                 f"limit {self.total / 2**30:.1f} GiB (largest killed, {rss[pid] / 2**30:.1f} GiB)")
             self._stop.wait(self.period)
 
@@ -706,64 +709,81 @@ def run_interleaved(configs, base, check, tmpdir, budget_s, passes=PASSES):
 
     Each worker gets its warm-up calls first (one after another); the number of timed
     rounds is ``base["reps"]``, or fewer (>= MIN_REPS) when the round time measured
-    in the last warm-up calls times ``reps`` exceeds ``budget_s``.
+    in the last warm-up calls times ``reps`` exceeds ``budget_s``. A worker the memory
+    guard killed because all live workers together exceeded its cap (not its own
+    limit) is measured again afterwards, alone: its result says ``"retried_alone"``.
     """
     results = {}
     for pass_ in passes:
         t0 = time.time()
-        workers, errors, cfgs, last = {}, {}, {}, {}
+        together = _interleaved_group(configs, pass_, base, check, tmpdir, budget_s)
         for kind, mode in configs:
             label = _label(kind, mode)
-            cfgs[label] = {**_cfg(kind, mode, pass_, base, check, tmpdir), "serve": True}
-            try:
-                workers[label] = _common.Worker(_argv(kind, cfgs[label]), env=WORKER_ENV)
-            except RuntimeError as e:
-                errors[label] = _short(e)
-        for label, w in list(workers.items()):
-            t1 = time.time()
-            try:
-                for _ in range(cfgs[label]["warmup"]):
-                    last[label] = w.call("step")
-            except RuntimeError:
-                errors[label] = _worker_error(label, w, w.proc.pid)
-                w.kill()
-                del workers[label]
-                continue
-            last_call = f"{last[label]:.2f} s" if label in last else "none (--warmup 0)"
-            print(f"  {label} {pass_}: warm-up {time.time() - t1:.0f} s, last warm-up call {last_call}", flush=True)
-        round_s = sum(last.get(label, 0.0) for label in workers)  # no warm-up: no estimate, no budget cut
-        reps = base["reps"]
-        if workers and round_s * reps > budget_s:
-            reps = max(MIN_REPS, int(budget_s / round_s))
-        print(f"  {pass_}: {len(workers)} configurations, ~{round_s:.1f} s per round, {reps} timed rounds",
-              flush=True)
-        timings, loads = _common.interleaved_timings(workers, ["step"], warmup=0, repeat=reps) if workers else ({}, {})
-        for label, w in workers.items():
-            if w.error is not None or (label, "step") not in timings:
-                errors[label] = _worker_error(label, w, w.proc.pid)
-                w.kill()
-                continue
-            try:
-                fin = w.finish()
-            except RuntimeError:
-                errors[label] = _worker_error(label, w, w.proc.pid)
-                continue
-            timing = timings[(label, "step")]
-            mem = fin["memory"].get("step", {})
-            results[(label, pass_)] = {
-                "timing": timing.as_dict(), "median_ms": timing.median_ms, "iqr_ms": timing.iqr_ms,
-                "reps": timing.n, "reduced": timing.n < base["reps"],
-                "peak_mb": mem.get("peak_extra_bytes", float("nan")) / 2**20,
-                "warm_peak_mb": fin.get("warm_peak_mb"), "base_rss_mb": fin.get("base_rss_mb"),
-                "memory_method": mem.get("method"), "allocator": fin.get("allocator"),
-                "threads": fin.get("threads", {}), "foreign_cores": loads[(label, "step")],
-                "dump": cfgs[label]["dump"],
-            }
-        for label, err in errors.items():
-            results[(label, pass_)] = {"error": err}
+            r = together[label]
+            if len(configs) > 1 and TOTAL_CAP_KILL in r.get("error", ""):
+                print(f"  {label} {pass_}: {r['error']}; measured again alone", flush=True)
+                r = _interleaved_group([(kind, mode)], pass_, base, check, tmpdir, budget_s)[label]
+                r["retried_alone"] = True
+            results[(label, pass_)] = r
         for kind, mode in configs:
             _print_result(_label(kind, mode), pass_, results[(_label(kind, mode), pass_)])
         print(f"  ({pass_}: {time.time() - t0:.0f} s including start-up and compilation)", flush=True)
+    return results
+
+
+def _interleaved_group(configs, pass_, base, check, tmpdir, budget_s):
+    """One pass of ``run_interleaved`` over ``configs``, all alive together: label -> result."""
+    results = {}
+    workers, errors, cfgs, last = {}, {}, {}, {}
+    for kind, mode in configs:
+        label = _label(kind, mode)
+        cfgs[label] = {**_cfg(kind, mode, pass_, base, check, tmpdir), "serve": True}
+        try:
+            workers[label] = _common.Worker(_argv(kind, cfgs[label]), env=WORKER_ENV)
+        except RuntimeError as e:
+            errors[label] = _short(e)
+    for label, w in list(workers.items()):
+        t1 = time.time()
+        try:
+            for _ in range(cfgs[label]["warmup"]):
+                last[label] = w.call("step")
+        except RuntimeError:
+            errors[label] = _worker_error(label, w, w.proc.pid)
+            w.kill()
+            del workers[label]
+            continue
+        last_call = f"{last[label]:.2f} s" if label in last else "none (--warmup 0)"
+        print(f"  {label} {pass_}: warm-up {time.time() - t1:.0f} s, last warm-up call {last_call}", flush=True)
+    round_s = sum(last.get(label, 0.0) for label in workers)  # no warm-up: no estimate, no budget cut
+    reps = base["reps"]
+    if workers and round_s * reps > budget_s:
+        reps = max(MIN_REPS, int(budget_s / round_s))
+    print(f"  {pass_}: {len(workers)} configurations, ~{round_s:.1f} s per round, {reps} timed rounds",
+          flush=True)
+    timings, loads = _common.interleaved_timings(workers, ["step"], warmup=0, repeat=reps) if workers else ({}, {})
+    for label, w in workers.items():
+        if w.error is not None or (label, "step") not in timings:
+            errors[label] = _worker_error(label, w, w.proc.pid)
+            w.kill()
+            continue
+        try:
+            fin = w.finish()
+        except RuntimeError:
+            errors[label] = _worker_error(label, w, w.proc.pid)
+            continue
+        timing = timings[(label, "step")]
+        mem = fin["memory"].get("step", {})
+        results[label] = {
+            "timing": timing.as_dict(), "median_ms": timing.median_ms, "iqr_ms": timing.iqr_ms,
+            "reps": timing.n, "reduced": timing.n < base["reps"],
+            "peak_mb": mem.get("peak_extra_bytes", float("nan")) / 2**20,
+            "warm_peak_mb": fin.get("warm_peak_mb"), "base_rss_mb": fin.get("base_rss_mb"),
+            "memory_method": mem.get("method"), "allocator": fin.get("allocator"),
+            "threads": fin.get("threads", {}), "foreign_cores": loads[(label, "step")],
+            "dump": cfgs[label]["dump"],
+        }
+    for label, err in errors.items():
+        results[label] = {"error": err}
     return results
 
 
@@ -810,7 +830,8 @@ def _tables(results, flops):
                 return "-"
             if "error" in r:
                 return "killed (memory)" if "memory guard" in r["error"] else "error"
-            return _common.format_ms(r["timing"]) + ("*" if r.get("reduced") else "")
+            return (_common.format_ms(r["timing"]) + ("*" if r.get("reduced") else "")
+                    + (" (alone)" if r.get("retried_alone") else ""))
 
         def ratio(r, p):
             return f"{r['median_ms'] / best[p][0]:.2f}" if _ok(r) and best[p] else "-"

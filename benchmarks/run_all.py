@@ -98,12 +98,13 @@ def mode_name(side, mode):
 # "variant" separates tfequivariant rows of one group (per_node / per_edge convolution).
 def _record(group, variant, pass_, side, mode, r, rate_of=None, unit=None, peak_bytes=None):
     rec = {"group": group, "variant": variant, "pass": pass_, "side": side, "mode": mode, "median_ms": None,
-           "reduced": False, "peak_bytes": None, "rate": None, "unit": unit, "error": None}
+           "reduced": False, "alone": False, "peak_bytes": None, "rate": None, "unit": unit, "error": None}
     if r is None or "error" in r:
         rec["error"] = "missing" if r is None else str(r["error"])
         return rec
     rec["median_ms"] = float(r["timing"]["median_ms"]) if "timing" in r else float(r["median_ms"])
     rec["reduced"] = bool(r.get("reduced", False))
+    rec["alone"] = bool(r.get("retried_alone", False))  # attention: measured again alone after a memory-guard kill
     rec["peak_bytes"] = peak_bytes
     if rate_of is not None and rec["median_ms"] > 0:
         rec["rate"] = rate_of / (rec["median_ms"] / 1e3) / 1e9
@@ -170,7 +171,8 @@ def _fmt_ms(rec):
     if rec["error"] is not None:
         return "killed" if "kill" in rec["error"] else "error"
     v = rec["median_ms"]
-    return (f"{v:.1f}" if v >= 10 else f"{v:.2f}") + ("*" if rec["reduced"] else "")
+    return ((f"{v:.1f}" if v >= 10 else f"{v:.2f}") + ("*" if rec["reduced"] else "")
+            + (" (alone)" if rec.get("alone") else ""))
 
 
 def _fmt_rate(rec):
@@ -256,7 +258,9 @@ def summary_rows(outcomes, strict=False):
 def format_summary(rows, notes, e3nn_skipped=False, reused=None):
     """The table (markdown) and the lines under it (``reused``: name -> where its JSON came from)."""
     lines = [_common.markdown_table(HEADER, rows), ""]
-    lines.append("Medians in ms (* = fewer timed calls than asked: time budget). Ratio: tfequivariant's best "
+    lines.append("Medians in ms (* = fewer timed calls than asked: time budget; (alone) = killed by the "
+                 "attention benchmark's memory guard while all its workers of the pass were alive, then "
+                 "measured with no other worker alive). Ratio: tfequivariant's best "
                  "mode / e3nn's best mode, below 1 means tfequivariant is faster. Peak: resident memory of "
                  "each side's best mode above its RSS before the first call (harmonics: warm-up included; "
                  "convolution, attention: timed calls only). Rate: forward bytes (harmonics) or FLOPs "

@@ -424,3 +424,47 @@ def test_worker_killed_between_calls_is_a_failed_worker_not_a_crash():
     assert worker.error is not None
     timings, _ = common.interleaved_timings({"dead": worker}, ["step"], warmup=0, repeat=2)
     assert timings == {}
+
+
+def test_attention_workers_killed_by_the_combined_cap_are_measured_again_alone(monkeypatch):
+    """All workers of an attention pass are alive together; the memory guard kills the largest
+    when together they exceed its cap. Such a configuration is measured again with no other
+    worker alive (and marked), a kill by the per-process limit or an error is final."""
+    att = load_script(os.path.join(BENCH, "bench_se3_attention.py"), "tfe_bench_att_retry")
+    configs = [("e3nn", "eager"), ("tf", "eager"), ("tf", "xla"), ("tf", "function")]
+    calls = []
+
+    def ok(ms):
+        return {"median_ms": ms, "iqr_ms": 0.0, "reps": 3, "peak_mb": 1.0, "foreign_cores": 0.0, "allocator": "x"}
+
+    capped = "killed by the memory guard: " + att.TOTAL_CAP_KILL + " 15.0 GiB > limit 14.3 GiB"
+
+    def group(cfgs, pass_, *args):
+        calls.append([att._label(k, m) for k, m in cfgs])
+        if len(cfgs) > 1:
+            return {"e3nn eager": {"error": capped}, "tfe eager": {"error": capped},
+                    "tfe xla": {"error": "killed by the memory guard: RSS 6.1 GiB > per-process limit 6.0 GiB"},
+                    "tfe function": ok(1.0)}
+        return {att._label(*cfgs[0]): ok(2.0)}
+
+    monkeypatch.setattr(att, "_interleaved_group", group)
+    results = att.run_interleaved(configs, {}, None, "/tmp", 10.0, passes=["fwd"])
+    assert calls == [["e3nn eager", "tfe eager", "tfe xla", "tfe function"], ["e3nn eager"], ["tfe eager"]]
+    assert results[("e3nn eager", "fwd")] == {**ok(2.0), "retried_alone": True}
+    assert results[("tfe eager", "fwd")] == {**ok(2.0), "retried_alone": True}
+    assert "per-process limit" in results[("tfe xla", "fwd")]["error"]
+    assert results[("tfe function", "fwd")] == ok(1.0)
+    # the guard's message is what the driver looks for
+    assert "{TOTAL_CAP_KILL} {sum(rss.values())" in open(os.path.join(BENCH, "bench_se3_attention.py")).read()
+
+    alone = dict(ATTENTION, results=[_graph_result("e3nn eager", "fwd", 200.0, retried_alone=True),
+                                     _graph_result("tfe eager", "fwd", 400.0, retried_alone=True),
+                                     _graph_result("tfe function", "fwd", 150.0)])
+    rows, _ = run_all.summary_rows({"attention": {"data": alone}}, strict=True)
+    row = _rows_by_key(rows)[("SE3Attention, N=60, E=1930", "forward")]
+    assert row["tfe eager ms"] == "400.0 (alone)" and row["e3nn best ms (mode)"] == "200.0 (alone) (eager)"
+    assert row["tfe tf.function ms"] == "150.0"
+    full = {(r["label"], r["pass"]): {**r, "base_rss_mb": 500.0, "warm_peak_mb": 1.0, "foreign_cores": 0.0}
+            for r in alone["results"]}
+    table, _, _ = att._tables(full, alone["flops"])
+    assert "(alone)" in table.split("tfe eager")[1].splitlines()[0]
