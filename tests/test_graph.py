@@ -795,6 +795,41 @@ def test_validate_graph_rejects(case):
     assert "Received" in str(info.value) or "sum" in str(info.value)
 
 
+def test_validate_graph_max_neighbors():
+    """The static neighbour bound of the convolutions, checked at the boundary (under XLA a
+    node with more incoming edges would lose the extra ones); masked edges take no slot."""
+    merged = merged_example(seed=10)
+    degree = np.bincount(merged["receivers"][merged["edge_mask"] > 0], minlength=len(merged["positions"]))
+    k = int(degree.max())
+    assert graph.validate_graph(merged, max_neighbors=k) is merged
+    node = int(degree.argmax())
+    with pytest.raises(ValueError, match=rf"validate_graph: node {node} receives {k} edges, more than "
+                                         rf"max_neighbors={k - 1} \({int((degree > k - 1).sum())} such node"):
+        graph.validate_graph(merged, max_neighbors=k - 1)
+    # masking one edge of every node with k edges makes the graph fit k - 1
+    mask = merged["edge_mask"].copy()
+    for busy in np.flatnonzero(degree == k):
+        mask[np.flatnonzero((merged["receivers"] == busy) & (mask > 0))[0]] = 0.0
+    graph.validate_graph(dict(merged, edge_mask=mask), max_neighbors=k - 1)
+    mask[mask == 0] = 1.0
+    mask[0] = 0.0  # one other edge masked instead: still too many
+    if degree[merged["receivers"][0]] < k:
+        with pytest.raises(ValueError, match=f"more than max_neighbors={k - 1}"):
+            graph.validate_graph(dict(merged, edge_mask=mask), max_neighbors=k - 1)
+    # ragged neighbour lists: row i lists the senders to node i
+    single = random_single(np.random.default_rng(0), 4, neighbors=[[1, 2, 3], [], [0], []])
+    ragged = dict(single, neighbors=tf.ragged.constant(single["neighbors"]))
+    graph.validate_graph(ragged, max_neighbors=3)
+    with pytest.raises(ValueError, match="node 0 receives 3 edges, more than max_neighbors=2"):
+        graph.validate_graph(ragged, max_neighbors=2)
+    with pytest.raises(ValueError, match="max_neighbors must be an int >= 1. Received: max_neighbors=0"):
+        graph.validate_graph(merged, max_neighbors=0)
+    # inside tf.data
+    bad_ds = tf.data.Dataset.from_tensors(merged).map(lambda g: graph.validate_graph(g, max_neighbors=k - 1))
+    with pytest.raises(tf.errors.OpError, match=f"more than max_neighbors={k - 1}"):
+        next(iter(bad_ds))
+
+
 def test_validate_graph_messages_and_graph_mode():
     merged = merged_example(seed=10)
     n = len(merged["positions"])

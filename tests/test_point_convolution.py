@@ -621,27 +621,34 @@ def test_out_of_range_index_raises_on_cpu_eager(implementation, key):
         layer(_features(), {**graph, key: bad})
 
 
-def test_max_neighbors_smaller_than_in_degree_raises_on_cpu_eager():
-    """``max_neighbors`` below the largest in-degree (4 here).
-
-    What happens (measured, TF 2.21 CPU): eager and ``tf.function`` raise an
-    ``InvalidArgumentError`` from the ``ScatterNd`` in ``ops.receiver_slots``
-    ("indices[...] does not index into shape [N, K]"): no silent wrong numbers.
-    Under XLA (``jit_compile=True``) the out-of-range scatter is dropped and the
-    output silently misses those edges (DESIGN.md section 3: validate in-degrees
-    at the boundary before XLA); the per_edge implementation has no such limit.
-    """
+@pytest.mark.parametrize("mode", ["eager", "function"])
+def test_max_neighbors_smaller_than_in_degree_raises_naming_it(mode):
+    """``max_neighbors`` below the largest in-degree (4 here) raises an error naming the
+    layer and ``max_neighbors`` (before: the ``ScatterNd``'s "does not index into shape",
+    naming nothing). Under XLA assertions do not run (the extra edges would be dropped):
+    ``validate_graph(graph, max_neighbors=K)`` checks at the boundary (test_graph.py).
+    Edges with ``edge_mask == 0`` take no slot, so they do not count."""
     graph, features = _graph("float64"), _features(dtype="float64")
     layer = _conv(max_neighbors=MAX_IN_DEGREE - 1)
     layer(features, {**graph, "senders": SENDERS[:1], "receivers": RECEIVERS[:1]})  # build
-    with pytest.raises(tf.errors.InvalidArgumentError, match="does not index into shape"):
-        layer(features, graph)
+    call = layer if mode == "eager" else tf.function(lambda f, g: layer(f, g))
+    with pytest.raises(tf.errors.InvalidArgumentError,
+                       match=rf"PointConvolution: a node receives more edges than max_neighbors={MAX_IN_DEGREE - 1}"):
+        call(features, graph)
+    # one incoming edge of the busiest node masked out: fits, and equals the graph without it
+    busiest = np.flatnonzero(RECEIVERS == np.bincount(RECEIVERS).argmax())
+    mask = np.ones(len(SENDERS), "float64")
+    mask[busiest[0]] = 0.0
+    free = _conv()
+    free(features, graph)
+    free.set_weights(layer.get_weights())
+    keep = mask > 0
+    _assert_close(call(features, {**graph, "edge_mask": mask}),
+                  free(features, {**graph, "senders": SENDERS[keep], "receivers": RECEIVERS[keep]}), 1e-13)
     # at exactly the largest in-degree it is fine and equals the run-time K
     exact = _conv(max_neighbors=MAX_IN_DEGREE)
     exact(features, graph)
-    free = _conv()
-    free(features, graph)
-    free.set_weights(exact.get_weights())
+    exact.set_weights(free.get_weights())
     _assert_close(exact(features, graph), free(features, graph), 1e-13)
 
 

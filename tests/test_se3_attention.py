@@ -873,6 +873,17 @@ def test_bad_chunk_or_max_neighbors_raises(name, bad):
         _att(**{name: bad})
 
 
+@pytest.mark.parametrize("mode", ["eager", "function"])
+def test_in_degree_above_max_neighbors_raises_naming_it(mode):
+    graph, features = _graph(), _features()
+    layer = _att(node_chunk=2, max_neighbors=MAX_IN_DEGREE - 1)
+    layer(features, {**graph, "senders": SENDERS[:1], "receivers": RECEIVERS[:1]})  # build
+    call = layer if mode == "eager" else tf.function(lambda f, g: layer(f, g))
+    with pytest.raises(tf.errors.InvalidArgumentError,
+                       match=rf"SE3Attention: a node receives more edges than max_neighbors={MAX_IN_DEGREE - 1}"):
+        call(features, graph)
+
+
 def test_node_chunk_and_edge_chunk_together_raise():
     with pytest.raises(ValueError, match=r"node_chunk or edge_chunk, not both.*node_chunk=2, edge_chunk=8"):
         _att(node_chunk=2, edge_chunk=8)

@@ -1484,7 +1484,7 @@ def to_keras_inputs(graph, target_key, weight_key=None, input_keys=None):
     return inputs, targets, sample_weight
 
 
-def _validate_arrays(arrays):
+def _validate_arrays(arrays, max_neighbors=None):
     """All checks of validate_graph on NumPy arrays; ragged neighbours are (values, splits)."""
     where = "validate_graph"
     if "positions" not in arrays:
@@ -1571,6 +1571,23 @@ def _validate_arrays(arrays):
             raise ValueError(
                 f"{where}: {key} must be a float vector. Received: {_preview(arrays[key])}"
             )
+    if max_neighbors is not None and num_edges is not None:
+        if "neighbors" in arrays and not any(k in arrays for k in _EDGE_KEYS):
+            receivers = np.repeat(np.arange(num_nodes), np.diff(arrays["neighbors"][1]))
+        else:
+            receivers = arrays["receivers"]
+        if "edge_mask" in arrays:  # masked (padding) edges take no neighbour slot
+            receivers = receivers[arrays["edge_mask"] > 0]
+        degree = np.bincount(receivers.astype(np.int64), minlength=num_nodes)
+        if degree.size and degree.max() > max_neighbors:
+            over = np.flatnonzero(degree > max_neighbors)
+            raise ValueError(
+                f"{where}: node {int(over[0])} receives {int(degree[over[0]])} edges, more than "
+                f"max_neighbors={max_neighbors} ({over.size} such node(s), largest in-degree "
+                f"{int(degree.max())}); convolutions with this static bound would drop the extra "
+                "edges under XLA. Raise max_neighbors or cap the neighbour lists "
+                "(radius_graph(..., max_neighbors=K))."
+            )
     if "edge_shifts" in arrays:
         shifts = arrays["edge_shifts"]
         if shifts.ndim != 2 or shifts.shape[1] != 3 or not np.issubdtype(shifts.dtype, np.floating):
@@ -1625,7 +1642,7 @@ def _validate_arrays(arrays):
 
 
 @_no_autograph
-def validate_graph(graph):
+def validate_graph(graph, max_neighbors=None):
     """Checks a graph dict's dtypes, shapes and indices; returns it unchanged.
 
     Run it at the boundary, outside XLA (inside a compiled model bad indices
@@ -1635,8 +1652,9 @@ def validate_graph(graph):
     first dims of ``edge_*`` (E), ``node_*`` (N) and, in merged graphs,
     ``graph_*`` (G); masks float vectors; ``edge_shifts`` float ``[E, 3]``;
     ``graph_sizes`` non-negative with ``sum == N``; ``node_graph_index`` in
-    ``[0, G)`` and counting ``graph_sizes`` nodes per graph. Other keys are
-    ignored.
+    ``[0, G)`` and counting ``graph_sizes`` nodes per graph; with
+    ``max_neighbors``, that no node receives more edges (those with
+    ``edge_mask > 0`` when a mask is given). Other keys are ignored.
 
     Eagerly a failure raises ``ValueError`` naming the key, the problem and
     what was received. Inside ``tf.function``/``tf.data`` the same checks run
@@ -1646,6 +1664,10 @@ def validate_graph(graph):
     Args:
         graph: a dict of tensors, NumPy arrays or lists (``neighbors`` may be
             a ``tf.RaggedTensor``).
+        max_neighbors: ``None`` or the static neighbour bound ``K`` the graph's
+            convolutions are built with (``PointConvolution(max_neighbors=K)``,
+            ``SE3Attention(..., max_neighbors=K)``): under XLA a node with more
+            incoming edges would lose the extra ones silently.
 
     Returns:
         ``graph``, unchanged (in graph mode: the same values, made to depend
@@ -1663,6 +1685,9 @@ def validate_graph(graph):
     where = "validate_graph"
     if not isinstance(graph, collections.abc.Mapping):
         raise ValueError(f"{where}: graph must be a dict. Received: {_describe(graph)}")
+    if max_neighbors is not None:
+        _check_size("max_neighbors", max_neighbors, 1, where)
+        max_neighbors = int(max_neighbors)
     names, flat, layout = [], [], []
     for key, value in graph.items():
         if isinstance(value, tf.RaggedTensor):
@@ -1686,7 +1711,7 @@ def validate_graph(graph):
         for name, width in zip(names, layout):
             d[name] = arrays[i] if width == 1 else (arrays[i], arrays[i + 1])
             i += width
-        _validate_arrays(d)
+        _validate_arrays(d, max_neighbors)
         return np.bool_(True)
 
     if tf.executing_eagerly():

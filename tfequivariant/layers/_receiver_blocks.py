@@ -11,15 +11,37 @@ from tfequivariant import ops as tfe_ops
 __all__ = ["receiver_layout", "with_zero_row", "pad_to_blocks", "map_blocks", "degree_order", "map_blocks_by_degree"]
 
 
-def receiver_layout(graph, num_nodes, max_neighbors):
+def receiver_layout(graph, num_nodes, max_neighbors, where="receiver_layout"):
     """``slots [N, K]`` (edge indices; empty -> ``E``) and ``sender_slots [N, K]`` (empty -> ``N``).
 
     Gathering edge rows (nodes rows) padded by ``with_zero_row`` with these gives
     zeros in the empty slots; edges with ``edge_mask == 0`` take no slot.
+
+    With a static ``max_neighbors`` a node receiving more (unmasked) edges raises
+    ``InvalidArgumentError`` naming ``where`` and ``max_neighbors`` before the layout
+    is built, eagerly, in ``tf.function`` and in a SavedModel. Under XLA the check
+    does not run (XLA drops assertions) and the extra edges would be lost:
+    ``graph.validate_graph(graph, max_neighbors=K)`` checks at the boundary.
     """
     import tensorflow as tf
 
-    slots = tfe_ops.receiver_slots(graph["receivers"], num_nodes, max_neighbors, graph.get("edge_mask"))
+    if max_neighbors is None:
+        slots = tfe_ops.receiver_slots(graph["receivers"], num_nodes, None, graph.get("edge_mask"))
+    else:
+        receivers = tf.cast(graph["receivers"], "int32")
+        taken = tf.ones_like(receivers)
+        if graph.get("edge_mask") is not None:
+            taken = tf.cast(tf.greater(graph["edge_mask"], 0), "int32")
+        degree = tf.math.unsorted_segment_sum(taken, receivers, num_nodes)
+        check = tf.debugging.assert_less_equal(
+            tf.reduce_max(tf.concat([degree, [0]], axis=0)), tf.constant(int(max_neighbors), "int32"),
+            message=(f"{where}: a node receives more edges than max_neighbors={int(max_neighbors)} (its in-degree "
+                     "is x below). Raise max_neighbors, or cap the neighbour lists "
+                     "(radius_graph(..., max_neighbors=K)); under XLA this check does not run and the extra edges "
+                     "would be dropped: check graphs with validate_graph(graph, max_neighbors=K)"),
+        )
+        with tf.control_dependencies([check]):  # before the scatter, whose own error names no argument
+            slots = tfe_ops.receiver_slots(receivers, num_nodes, max_neighbors, graph.get("edge_mask"))
     senders = tf.concat([tf.cast(graph["senders"], "int32"), tf.reshape(tf.cast(num_nodes, "int32"), (1,))], axis=0)
     return slots, tfe_ops.gather(senders, slots)
 

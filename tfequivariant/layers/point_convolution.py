@@ -79,7 +79,10 @@ class PointConvolution(EdgeFilterLayer):
         self_interaction: add ``SelfInteraction(irreps_in, irreps_out)(f_i)``
             (default True).
         max_neighbors: static ``K`` of the per-node layout (needed under XLA;
-            every node must receive at most ``K`` edges). Default None: the
+            every node must receive at most ``K`` unmasked edges: more raises
+            ``InvalidArgumentError`` eagerly, in ``tf.function`` and in a
+            SavedModel, but under XLA the extra edges are dropped, so check graphs
+            with ``validate_graph(graph, max_neighbors=K)``). Default None: the
             largest in-degree, computed at run time.
         implementation: ``"per_node"`` (default), ``"per_edge"`` or ``"so2"``.
         node_chunk: ``"per_node"`` only: process the receivers in blocks of this many
@@ -200,7 +203,7 @@ class PointConvolution(EdgeFilterLayer):
 
         self.irreps_in._check_features(features, "features")
         n = tfe_ops.num_nodes(graph["positions"])
-        slots, sender_slots = receiver_layout(graph, n, self.max_neighbors)  # [N, K]
+        slots, sender_slots = receiver_layout(graph, n, self.max_neighbors, "PointConvolution")  # [N, K]
         num_edges = tf.shape(sh)[0]
         features, sh, h = with_zero_row(features), with_zero_row(sh), with_zero_row(h)
         weights = last_layer_weights(self._plan, self.radial_output, self.compute_dtype)

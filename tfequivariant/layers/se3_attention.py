@@ -80,8 +80,10 @@ class SE3Attention(EdgeFilterLayer):
             radial_activation: the filters, as in ``PointConvolution``.
         self_interaction: add ``W_V f_i`` (default True).
         max_neighbors: static ``K`` of the receiver blocks (``node_chunk`` under XLA
-            needs it; every node must receive at most ``K`` unmasked edges). Default
-            None: the largest in-degree, computed at run time.
+            needs it; every node must receive at most ``K`` unmasked edges: as in
+            ``PointConvolution``, more raises except under XLA, which drops the extra
+            edges; ``validate_graph(graph, max_neighbors=K)``). Default None: the
+            largest in-degree, computed at run time.
         node_chunk: process the receivers in blocks of this many nodes, one block after
             another (``tf.map_fn``), each over its padded ``[node_chunk, K]`` incoming
             edges, recomputed in the backward pass (``tf.recompute_grad``). The softmax
@@ -351,7 +353,7 @@ class SE3Attention(EdgeFilterLayer):
         import tensorflow as tf
 
         n = tfe_ops.num_nodes(graph["positions"])
-        slots, sender_slots = receiver_layout(graph, n, self.max_neighbors)  # [N, K]
+        slots, sender_slots = receiver_layout(graph, n, self.max_neighbors, "SE3Attention")  # [N, K]
         k = slots.shape[1] if slots.shape[1] is not None else tf.shape(slots)[1]
         num_edges = tf.shape(sh)[0]
         chunk = self.node_chunk
