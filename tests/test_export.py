@@ -421,6 +421,29 @@ def test_edge_chunked_attention_exports_to_saved_model_and_tflite(tmp_path):
         np.testing.assert_allclose(runner(graph), expected, atol=ATOL, rtol=0, err_msg=f"N={num_nodes}")
 
 
+def test_max_neighbors_model_exports_and_the_saved_model_names_an_overflow(tmp_path):
+    """A model with a static neighbour bound: the in-degree check is kept in the SavedModel
+    (an error naming max_neighbors when a node receives more edges) and dropped by the
+    TFLite converter (no Assert builtin), which still converts to builtins only; there the
+    neighbour layout's SCATTER_ND fails on its bounds, and the runner says what that means."""
+    graph = _graph(11, 4)
+    k = int(np.bincount(graph["receivers"]).max())
+    plain, bounded, serve, runner, _ = _export_twin(build_tensor_field_network, tmp_path, "bounded",
+                                                    {"max_neighbors": k}, **SIDE)
+    expected = _keras(plain, graph)
+    np.testing.assert_allclose(_serve(serve, graph), expected, atol=ATOL, rtol=0)
+    np.testing.assert_allclose(runner(graph), expected, atol=ATOL, rtol=0)
+    doubled = {key: np.concatenate([v, v]) if key in ("senders", "receivers") or key.startswith("edge_") else v
+               for key, v in graph.items()}
+    with pytest.raises(tf.errors.InvalidArgumentError, match=f"more edges than max_neighbors={k}"):
+        _serve(serve, doubled)
+    with pytest.raises(ValueError, match=f"more than max_neighbors={k}"):
+        tfe_graph.validate_graph({kk: doubled[kk] for kk in ("positions", "senders", "receivers")}, max_neighbors=k)
+    with pytest.raises(RuntimeError, match=f"scatter_nd index out of bounds.*more edges than the max_neighbors"):
+        runner(doubled)
+    np.testing.assert_allclose(runner(graph), expected, atol=ATOL, rtol=0)  # and it keeps serving
+
+
 def test_node_blocks_export_to_saved_model_and_tflite(tmp_path):
     """PointConvolution(node_chunk=...) in a functional model: the loop over blocks (a WHILE) and
     the choice of each block's slot count (nested IFs) are builtins, the receivers' sort and its

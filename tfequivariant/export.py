@@ -323,7 +323,19 @@ class TFLiteRunner:
         interp.allocate_tensors()
         for name, d in details.items():
             interp.set_tensor(d["index"], np.asarray(graph[key_of(name)], dtype=d["dtype"]))
-        interp.invoke()
+        try:
+            interp.invoke()
+        except RuntimeError as e:
+            if "scatter_nd index out of bounds" not in str(e):
+                raise
+            # the one scatter with data-dependent indices is the neighbour layout of layers
+            # built with a static max_neighbors; the SavedModel's assertion naming it is dropped
+            raise RuntimeError(
+                f"{e}. In a tfequivariant model this means a node receives more edges than the "
+                "max_neighbors a layer was built with (TFLite has no assert op to say so): check graphs "
+                "with tfequivariant.graph.validate_graph(graph, max_neighbors=K), or cap them with "
+                "radius_graph(..., max_neighbors=K)."
+            ) from e
         outs = interp.get_output_details()
         if len(outs) == 1:
             return interp.get_tensor(outs[0]["index"])
