@@ -681,20 +681,10 @@ def test_ragged_signature_rejects_bad_row_splits(artifacts):
 
 # What the LiteRT interpreter does (TFLite has no Assert op: the SavedModel's checks are
 # dropped by the converter, so the kernels' own bounds checks are all there is).
-_TFLITE_SE3_NO_EDGES = pytest.mark.xfail(
-    strict=True,
-    reason="SE(3)-Transformer .tflite with the default XNNPack delegate fails on graphs with no edges "
-    "(E=0): 'XNNPack delegate failed to reshape runtime'; without XNNPack it returns the defined result",
-)
-
-
 def _tflite_cases():
     for name in NAMES:
         for case in BAD_CASES:
-            marks = []
-            if name == "se3" and case in ("empty_graph", "no_edges"):
-                marks.append(_TFLITE_SE3_NO_EDGES)
-            yield pytest.param(name, case, marks=marks, id=f"{name}-{case}")
+            yield pytest.param(name, case, id=f"{name}-{case}")
 
 
 @pytest.mark.parametrize("name,case", list(_tflite_cases()))

@@ -568,3 +568,26 @@ def test_per_edge_weights_gradient_is_not_a_sum_of_full_size_slice_gradients(whi
     assert len(layer.instructions) > 5
     assert "StridedSliceGrad" not in full, full
     assert "SplitV" in types
+
+
+@pytest.mark.parametrize("shape", [(5, 3, 2), (0, 3, 2)], ids=["five", "empty"])
+def test_clebsch_gordan_step_equals_the_three_operand_einsum(shape):
+    """The per-sample product with the Clebsch–Gordan block (written as two matmuls with the
+    sample axis leading, for LiteRT's XNNPack delegate on empty edge sets) against NumPy's
+    einsum, with several v channels and l = 1 x 2 -> 2; and a batch of zero samples."""
+    from tfequivariant.layers.tensor_product import _cg_uv
+
+    n, u, v = shape
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=(n, u, 3)), rng.normal(size=(n, v, 5))
+    C = wigner_3j(1, 2, 2)
+    expected = np.einsum("nui,nvj,ijk->nuvk", a, b, C)
+    got = _cg_uv(tf.constant(a), tf.constant(b), tf.constant(C))
+    assert got.shape == (n, u, v, 5)
+    np.testing.assert_allclose(got, expected, atol=1e-13)
+    if n:
+        assert np.abs(expected).max() > 0.1
+    dyn = tf.function(_cg_uv, input_signature=[tf.TensorSpec([None, u, 3], tf.float64),
+                                               tf.TensorSpec([None, v, 5], tf.float64),
+                                               tf.TensorSpec([3, 5, 5], tf.float64)])
+    np.testing.assert_allclose(dyn(a, b, C), expected, atol=1e-13)

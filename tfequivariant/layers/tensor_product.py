@@ -155,6 +155,22 @@ def radial_path_weights(h, radial_output, instructions):
             for columns, ins in zip(split_columns(radial_output, sizes), instructions)]
 
 
+def _cg_uv(a, b, C):
+    """``einsum("nui,nvj,ijk->nuvk", a, b, C)`` with the batch axis ``n`` leading in both products.
+
+    ``b`` meets the Clebsch–Gordan block first as one plain matmul ``[n v, j] x [j, i k]``,
+    then ``a`` per sample. Left to ``einsum`` the three-operand contraction put ``n`` in the
+    columns of a batched matmul with the constant, which LiteRT's XNNPack delegate cannot
+    resize to zero columns: a model on a graph with no edges failed to run there.
+    """
+    ops = keras.ops
+    n, v, dj = ops.shape(b)[0], b.shape[1], b.shape[2]
+    di, dk = C.shape[0], C.shape[2]
+    bc = ops.matmul(ops.reshape(b, (-1, dj)), ops.reshape(ops.transpose(C, (1, 0, 2)), (dj, di * dk)))
+    bc = ops.reshape(ops.transpose(ops.reshape(bc, (n, v, di, dk)), (0, 2, 1, 3)), (n, di, v * dk))
+    return ops.reshape(ops.matmul(a, bc), (n, a.shape[1], v, dk))
+
+
 def tensor_product(x1_blocks, x2_blocks, weights, instructions, irreps_out, lead, dtype, shared):
     """The tensor product of split inputs.
 
@@ -177,13 +193,13 @@ def tensor_product(x1_blocks, x2_blocks, weights, instructions, irreps_out, lead
             wigner_3j(a.shape[-1] // 2, b.shape[-1] // 2, irreps_out[ins.i_out].ir.l), dtype=dtype
         )
         if ins.mode == "uvw":
-            t = ops.einsum("nui,nvj,ijk->nuvk", a, b, C)
+            t = _cg_uv(a, b, C)
             if ins.has_weight:
                 y = ops.einsum("nuvk,uvw->nwk", t, w) if shared else ops.einsum("nuvk,nuvw->nwk", t, w)
             else:
                 y = ops.sum(t, axis=(1, 2))[:, None, :]
         elif ins.mode == "uvu":
-            t = ops.einsum("nui,nvj,ijk->nuvk", a, b, C)
+            t = _cg_uv(a, b, C)
             if ins.has_weight:
                 y = ops.einsum("nuvk,uv->nuk", t, w) if shared else ops.einsum("nuvk,nuv->nuk", t, w)
             else:
