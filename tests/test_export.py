@@ -444,19 +444,23 @@ def test_max_neighbors_model_exports_and_the_saved_model_names_an_overflow(tmp_p
     np.testing.assert_allclose(runner(graph), expected, atol=ATOL, rtol=0)  # and it keeps serving
 
 
-def test_node_blocks_export_to_saved_model_and_tflite(tmp_path):
-    """PointConvolution(node_chunk=...) in a functional model: the loop over blocks (a WHILE) and
-    the choice of each block's slot count (nested IFs) are builtins, the receivers' sort and its
-    inverse too, and the served numbers are the unblocked layer's."""
-    from tfequivariant.layers import PointConvolution
+@pytest.mark.parametrize("layer", ["PointConvolution", "SE3Attention"])
+def test_node_blocks_export_to_saved_model_and_tflite(tmp_path, layer):
+    """PointConvolution / SE3Attention(node_chunk=...) in a functional model: the loop over blocks
+    (a WHILE) and the choice of each block's slot count (nested IFs) are builtins, the receivers'
+    sort and its inverse too, and the served numbers are the unblocked layer's."""
+    from tfequivariant import layers
     from tfequivariant.models._common import graph_inputs
 
     def build(node_chunk):
         keras.utils.set_random_seed(0)
         inputs = graph_inputs(3)
         graph = {k: inputs[k] for k in ("positions", "senders", "receivers")}
-        conv = PointConvolution("1x1o", "2x0e+1x1o+1x2e", num_radial_basis=6, radial_hidden=(8,), cutoff=CUTOFF,
-                                node_chunk=node_chunk)
+        attention = layer == "SE3Attention"
+        extra = {"num_heads": 2, "irreps_key": "2x0e+2x1o"} if attention else {}
+        conv = getattr(layers, layer)("1x1o", "2x0e+2x1o+2x2e" if attention else "2x0e+1x1o+1x2e",
+                                      num_radial_basis=6, radial_hidden=(8,), cutoff=CUTOFF,
+                                      node_chunk=node_chunk, **extra)
         return keras.Model(inputs, conv(inputs["node_features"], graph))
 
     plain, blocked = build(None), build(2)

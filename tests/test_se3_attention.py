@@ -776,6 +776,34 @@ def test_chunks_equal_unchunked_with_gradients(chunking, mode):
         _assert_close(g, e, 1e-12, f"output/gradient {i}")
 
 
+TIER_DEGREES = [12, 0, 1, 9, 2, 6, 3, 7, 0, 4, 5, 11, 8, 10]  # all different: every slot tier is used
+
+
+@pytest.mark.parametrize("mode, max_neighbors", [("eager", None), ("function", None), ("xla", 12)])
+def test_node_chunk_degree_tiers_equal_unblocked_with_gradients(mode, max_neighbors):
+    """Receivers sorted by in-degree, blocks of 2 on the slots of their tier (K = 12: 12, 9, 6
+    or 3 slots): output and every gradient equal the unblocked layer's, K known statically
+    (XLA) or only at run time; the receivers with no edge get the self-interaction only."""
+    n = len(TIER_DEGREES)
+    receivers = np.repeat(np.arange(n), TIER_DEGREES).astype(np.int32)
+    senders = np.concatenate([(r + 1 + np.arange(d)) % n for r, d in enumerate(TIER_DEGREES)]).astype(np.int32)
+    perm = _rng(5).permutation(len(senders))  # the graph contract does not sort edges
+    graph = {"positions": _rng(6).normal(size=(n, 3)), "senders": senders[perm], "receivers": receivers[perm]}
+    irreps = "2x0e+2x1o"
+    features = _features(irreps, n=n)
+    kwargs = dict(irreps_in=irreps, irreps_out=irreps, irreps_sh=2, num_heads=2, cutoff=10.0)
+    plain = _built(_att(**kwargs), features, graph)
+    blocked = _att(**kwargs, node_chunk=2, max_neighbors=max_neighbors)
+    blocked(features, graph)
+    blocked.set_weights(plain.get_weights())
+    cotangent = _rng(19).normal(size=(n, Irreps(irreps).dim))
+    expected, got = (_value_and_gradients(layer, features, graph, cotangent, mode) for layer in (plain, blocked))
+    assert len(got) == 3 + len(plain.trainable_weights)
+    for i, (g, e) in enumerate(zip(got, expected)):
+        assert np.abs(_np(e)).max() > 1e-6, i
+        _assert_close(g, e, 1e-10, f"output/gradient {i}")
+
+
 @pytest.mark.parametrize("chunking, mode",
                          [(dict(), "eager"), (dict(), "xla"), (dict(node_chunk=3, max_neighbors=MAX_IN_DEGREE), "xla"),
                           (dict(edge_chunk=4), "function")])
@@ -839,11 +867,12 @@ def test_chunks_without_edges_eager(chunking):
 
 @pytest.mark.parametrize("chunking", [dict(node_chunk=3), dict(edge_chunk=4)])
 def test_chunks_second_order_gradients_are_not_supported(chunking):
-    """Documented limit: recompute_grad has no gradient of its gradient."""
+    """Documented limit: the recomputed blocks/chunks have no gradient of their gradient."""
     graph, features = _graph(), _features()
     layer = _built(_att(**chunking), features, graph)
     positions = tf.constant(graph["positions"])
-    with pytest.raises(NotImplementedError, match="recompute_grad"):
+    match = "node blocks \\(node_chunk\\)" if "node_chunk" in chunking else "recompute_grad"
+    with pytest.raises(NotImplementedError, match=match):
         with tf.GradientTape() as outer:
             with tf.GradientTape() as inner:
                 inner.watch(positions)

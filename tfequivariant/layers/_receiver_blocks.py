@@ -144,8 +144,9 @@ def map_blocks_by_degree(block, per_receiver, slot_axes, shared, chunk, width, d
 
     Args:
         block, shared, chunk, width, dtype: as ``map_blocks``.
-        per_receiver: tensors with a leading whole number of blocks and a slot axis.
-        slot_axes: the slot axis of each ``per_receiver`` tensor (>= 1).
+        per_receiver: tensors with a leading whole number of blocks, most with a slot axis.
+        slot_axes: the slot axis of each ``per_receiver`` tensor (>= 1), or None for one
+            without (per-receiver rows such as queries, passed whole to every tier).
         block_slots: ``[num_blocks]`` slots in use per block (``degree_order``).
         max_slots: ``K`` (int, or a scalar tensor when only known at run time).
         num_tiers: number of slot counts (``slot_tiers``).
@@ -212,12 +213,16 @@ def _switch(index, branches):
 
 
 def _take_slots(x, axis, n):
+    if axis is None:
+        return x
     return x[(slice(None),) * axis + (slice(0, n),)]  # a strided slice keeps the other axes' static sizes
 
 
 def _pad_slots(x, axis, n):
     import tensorflow as tf
 
+    if axis is None:
+        return x
     pad = [[0, 0]] * len(x.shape)
     pad[axis] = [0, n]
     return tf.pad(x, pad)

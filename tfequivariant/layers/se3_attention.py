@@ -8,7 +8,14 @@ import numpy as np
 from tfequivariant import ops as tfe_ops
 from tfequivariant.irreps import Irreps
 from tfequivariant.layers._edge_filter import EdgeFilterLayer, check_positive_int
-from tfequivariant.layers._receiver_blocks import map_blocks, pad_to_blocks, receiver_layout, with_zero_row
+from tfequivariant.layers._receiver_blocks import (
+    degree_order,
+    map_blocks,
+    map_blocks_by_degree,
+    pad_to_blocks,
+    receiver_layout,
+    with_zero_row,
+)
 from tfequivariant.layers._so2 import SO2Plan, edge_frame, so2_products
 from tfequivariant.layers.self_interaction import SelfInteraction, parse_irreps
 from tfequivariant.layers.tensor_product import (
@@ -85,8 +92,9 @@ class SE3Attention(EdgeFilterLayer):
             edges; ``validate_graph(graph, max_neighbors=K)``). Default None: the
             largest in-degree, computed at run time.
         node_chunk: process the receivers in blocks of this many nodes, one block after
-            another (``tf.map_fn``), each over its padded ``[node_chunk, K]`` incoming
-            edges, recomputed in the backward pass (``tf.recompute_grad``). The softmax
+            another (``tf.map_fn``), each over its padded incoming edges (receivers sorted
+            by in-degree, a block on the first ``K``, ``3K/4``, ``K/2`` or ``K/4`` slots
+            that hold its largest in-degree), recomputed in the backward pass. The softmax
             of a receiver lies within its block, so the numbers are those of the
             unblocked layer, but memory grows with ``node_chunk * K`` instead of the
             per-edge weights of the whole graph. Default None (no blocks). Gradients of
@@ -349,7 +357,11 @@ class SE3Attention(EdgeFilterLayer):
         return ops.concatenate(weighted, axis=-1) if len(weighted) > 1 else weighted[0]
 
     def _blocked(self, features, graph, sh, h):
-        """The attention over blocks of ``node_chunk`` receivers (see ``node_chunk``)."""
+        """The attention over blocks of ``node_chunk`` receivers (see ``node_chunk``).
+
+        As in ``PointConvolution``: receivers sorted by in-degree, each block on the slots
+        its degree tier needs (``map_blocks_by_degree``) instead of all ``K``.
+        """
         import tensorflow as tf
 
         n = tfe_ops.num_nodes(graph["positions"])
@@ -358,14 +370,17 @@ class SE3Attention(EdgeFilterLayer):
         num_edges = tf.shape(sh)[0]
         chunk = self.node_chunk
         slots, sender_slots, query = pad_to_blocks(n, num_edges, chunk, slots, sender_slots, self.query(features))
+        order, inverse, block_slots = degree_order(slots, num_edges, chunk)
+        slots, sender_slots, query = (tfe_ops.gather(t, order) for t in (slots, sender_slots, query))
         features, sh, h = with_zero_row(features), with_zero_row(sh), with_zero_row(h)
         occupied = tf.cast(tf.less(slots, num_edges), self.compute_dtype)  # [N_pad, K]
 
-        def block(x, y, hh, q, mask, w):  # [C, K, D] padded incoming edges of C receivers -> [C, out]
-            flat = lambda t: tf.reshape(t, tf.concat([[-1], tf.shape(t)[2:]], axis=0))
+        def block(x, y, hh, q, mask, w):  # [C, T, D] first T slots of C receivers -> [C, out]
+            t = x.shape[1] if x.shape[1] is not None else tf.shape(x)[1]
+            flat = lambda a: tf.reshape(a, tf.concat([[-1], tf.shape(a)[2:]], axis=0))
             keys, values = self._edge_keys_values(flat(x), flat(y), flat(hh), w)
-            q_edges = tf.reshape(tf.repeat(q[:, None, :], k, axis=1), (-1, self.irreps_key.dim))
-            logits = tf.reshape(self._logits(q_edges * keys), (chunk, k, self.num_heads))
+            q_edges = tf.reshape(tf.repeat(q[:, None, :], t, axis=1), (-1, self.irreps_key.dim))
+            logits = tf.reshape(self._logits(q_edges * keys), (chunk, t, self.num_heads))
             # the masked softmax of segment_softmax, per row of slots
             keep = tf.greater(mask, 0)[:, :, None]
             lowest = tf.fill(tf.shape(logits), tf.constant(np.finfo(self.compute_dtype).min, logits.dtype))
@@ -375,15 +390,16 @@ class SE3Attention(EdgeFilterLayer):
             denom = tf.reduce_sum(e, axis=1, keepdims=True)
             alpha = e / tf.where(tf.greater(denom, 0), denom, tf.ones_like(denom))
             weighted = self._weighted_values(tf.reshape(alpha, (-1, self.num_heads)), values)
-            return tf.reduce_sum(tf.reshape(weighted, (chunk, k, self.irreps_out.dim)), axis=1)
+            return tf.reduce_sum(tf.reshape(weighted, (chunk, t, self.irreps_out.dim)), axis=1)
 
-        out = map_blocks(
+        out = map_blocks_by_degree(
             block,
             (tfe_ops.gather(features, sender_slots), tfe_ops.gather(sh, slots), tfe_ops.gather(h, slots), query,
              occupied),
-            (tf.cast(self.radial_output, self.compute_dtype),), chunk, self.irreps_out.dim, self.compute_dtype,
+            (1, 1, 1, None, 1), (tf.cast(self.radial_output, self.compute_dtype),), chunk, self.irreps_out.dim,
+            self.compute_dtype, block_slots, k,
         )
-        return out[:n]
+        return tfe_ops.gather(out, inverse)[:n]
 
     def call(self, features, graph):
         ops = keras.ops
