@@ -25,23 +25,22 @@ def receiver_layout(graph, num_nodes, max_neighbors, where="receiver_layout"):
     """
     import tensorflow as tf
 
-    if max_neighbors is None:
-        slots = tfe_ops.receiver_slots(graph["receivers"], num_nodes, None, graph.get("edge_mask"))
-    else:
+    checks = []
+    if max_neighbors is not None:
         receivers = tf.cast(graph["receivers"], "int32")
         taken = tf.ones_like(receivers)
         if graph.get("edge_mask") is not None:
             taken = tf.cast(tf.greater(graph["edge_mask"], 0), "int32")
         degree = tf.math.unsorted_segment_sum(taken, receivers, num_nodes)
-        check = tf.debugging.assert_less_equal(
+        checks.append(tf.debugging.assert_less_equal(
             tf.reduce_max(tf.concat([degree, [0]], axis=0)), tf.constant(int(max_neighbors), "int32"),
             message=(f"{where}: a node receives more edges than max_neighbors={int(max_neighbors)} (its in-degree "
                      "is x below). Raise max_neighbors, or cap the neighbour lists "
                      "(radius_graph(..., max_neighbors=K)); under XLA this check does not run and the extra edges "
                      "would be dropped: check graphs with validate_graph(graph, max_neighbors=K)"),
-        )
-        with tf.control_dependencies([check]):  # before the scatter, whose own error names no argument
-            slots = tfe_ops.receiver_slots(receivers, num_nodes, max_neighbors, graph.get("edge_mask"))
+        ))
+    with tf.control_dependencies(checks):  # before the scatter, whose own error names no argument
+        slots = tfe_ops.receiver_slots(graph["receivers"], num_nodes, max_neighbors, graph.get("edge_mask"))
     senders = tf.concat([tf.cast(graph["senders"], "int32"), tf.reshape(tf.cast(num_nodes, "int32"), (1,))], axis=0)
     return slots, tfe_ops.gather(senders, slots)
 
