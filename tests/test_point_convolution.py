@@ -31,6 +31,7 @@ import tensorflow as tf
 from scipy.integrate import quad
 from scipy.special import expit
 
+from _tier_graph import TIER_DEGREES, tier_graph
 from tfequivariant import spherical_harmonics, wigner_3j
 from tfequivariant.irreps import Irreps
 from tfequivariant.layers import EdgeGeometry, Gate, PointConvolution
@@ -820,17 +821,6 @@ def test_node_chunk_equals_one_block_with_gradients(node_chunk, mode):
 # 14 nodes whose in-degrees 0..12 are all different (receiver r gets edges from the next d_r
 # nodes): sorted by degree, blocks of 2 receivers need 12, 10, 8, 6, 4, 2 and 0 slots, so with
 # K = 12 every one of the tiers 12 / 9 / 6 / 3 runs (a block on too few slots would drop edges).
-TIER_DEGREES = [12, 0, 1, 9, 2, 6, 3, 7, 0, 4, 5, 11, 8, 10]
-
-
-def _tier_graph():
-    n = len(TIER_DEGREES)
-    receivers = np.repeat(np.arange(n), TIER_DEGREES).astype(np.int32)
-    senders = np.concatenate([(r + 1 + np.arange(d)) % n for r, d in enumerate(TIER_DEGREES)]).astype(np.int32)
-    perm = _rng(5).permutation(len(senders))  # the graph contract does not sort edges
-    return {"positions": _rng(6).normal(size=(n, 3)), "senders": senders[perm], "receivers": receivers[perm]}
-
-
 def test_degree_order_and_slot_tiers():
     """Hand-derived: the receivers' permutation, the slots each block uses, the tier sizes."""
     from tfequivariant.layers._receiver_blocks import degree_order, slot_tiers
@@ -853,7 +843,7 @@ def test_node_chunk_degree_tiers_equal_one_block_with_gradients(mode, max_neighb
     """Receivers sorted by in-degree, each block on the slots of its tier: output and every
     gradient equal the unblocked layer's (``function`` without ``max_neighbors``: K and the tiers
     only known at run time)."""
-    graph = _tier_graph()
+    graph = tier_graph()
     irreps_in, irreps_out = "2x0e+1x1o+1x2e", "1x0e+2x1o+1x2e"
     features = _features(irreps_in, n=len(TIER_DEGREES), dtype="float64", seed=2)
     kwargs = dict(cutoff=10.0, max_neighbors=max_neighbors)  # every edge inside the cutoff

@@ -31,6 +31,7 @@ import tensorflow as tf
 from scipy.integrate import quad
 from scipy.special import expit
 
+from _tier_graph import TIER_DEGREES, tier_graph
 from tfequivariant import spherical_harmonics, wigner_3j
 from tfequivariant.irreps import Irreps
 from tfequivariant.layers import SE3Attention
@@ -776,19 +777,13 @@ def test_chunks_equal_unchunked_with_gradients(chunking, mode):
         _assert_close(g, e, 1e-12, f"output/gradient {i}")
 
 
-TIER_DEGREES = [12, 0, 1, 9, 2, 6, 3, 7, 0, 4, 5, 11, 8, 10]  # all different: every slot tier is used
-
-
 @pytest.mark.parametrize("mode, max_neighbors", [("eager", None), ("function", None), ("xla", 12)])
 def test_node_chunk_degree_tiers_equal_unblocked_with_gradients(mode, max_neighbors):
     """Receivers sorted by in-degree, blocks of 2 on the slots of their tier (K = 12: 12, 9, 6
     or 3 slots): output and every gradient equal the unblocked layer's, K known statically
     (XLA) or only at run time; the receivers with no edge get the self-interaction only."""
+    graph = tier_graph()
     n = len(TIER_DEGREES)
-    receivers = np.repeat(np.arange(n), TIER_DEGREES).astype(np.int32)
-    senders = np.concatenate([(r + 1 + np.arange(d)) % n for r, d in enumerate(TIER_DEGREES)]).astype(np.int32)
-    perm = _rng(5).permutation(len(senders))  # the graph contract does not sort edges
-    graph = {"positions": _rng(6).normal(size=(n, 3)), "senders": senders[perm], "receivers": receivers[perm]}
     irreps = "2x0e+2x1o"
     features = _features(irreps, n=n)
     kwargs = dict(irreps_in=irreps, irreps_out=irreps, irreps_sh=2, num_heads=2, cutoff=10.0)
