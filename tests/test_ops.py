@@ -141,3 +141,56 @@ def test_segment_max_unsorted_with_empty_segments():
 
 def test_num_nodes():
     assert int(tfe_ops.num_nodes(tf.zeros((7, 3)))) == 7
+
+
+# --- receiver_slots ------------------------------------------------------------------
+def _slots_reference(receivers, num_nodes, k, edge_mask=None):
+    """Per receiver, its unmasked edges in edge order, then E (empty slots)."""
+    e = len(receivers)
+    slots = np.full((num_nodes, k), e, np.int32)
+    filled = np.zeros(num_nodes, int)
+    for i, r in enumerate(receivers):
+        if edge_mask is None or edge_mask[i] > 0:
+            slots[r, filled[r]] = i
+            filled[r] += 1
+    return slots
+
+
+def _slot_cases():
+    rng = np.random.default_rng(3)
+    unsorted = rng.integers(0, 7, 40)
+    in_order = np.sort(unsorted)
+    mask_tail = np.r_[np.ones(36), np.zeros(4)]  # padding edges at the end (merge_graphs, pad_graph)
+    mask_mid = (np.arange(40) % 5 != 2).astype(float)
+    return {
+        "sorted": (in_order, None),
+        "unsorted": (unsorted, None),
+        "sorted-padding-masked": (np.r_[in_order[:36], [6, 6, 6, 6]], mask_tail),
+        "sorted-masked-in-the-middle": (in_order, mask_mid),
+        "unsorted-masked": (unsorted, mask_mid),
+        "one-unsorted-pair": (np.r_[in_order[:20], in_order[21], in_order[20], in_order[22:]], None),
+        "reversed": (in_order[::-1].copy(), None),
+        "one-edge": (np.array([4]), None),
+        "no-edges": (np.zeros(0, int), None),
+    }
+
+
+@pytest.mark.parametrize("mode", ["eager", "function", "xla"])
+@pytest.mark.parametrize("case", list(_slot_cases()))
+def test_receiver_slots_list_each_receivers_edges_in_edge_order(case, mode):
+    """Against a NumPy loop, for edges sorted by receiver (the path without a sort, also with
+    masked padding edges at the end) and in any other order (the sorted path), masks included."""
+    receivers, mask = _slot_cases()[case]
+    num_nodes = 8  # node 7 receives nothing
+    reference = _slots_reference(receivers, num_nodes, 12, mask)
+    k = max(1, int(reference.__ne__(len(receivers)).sum(axis=1).max()))
+    args = [tf.constant(receivers, tf.int32)] + ([] if mask is None else [tf.constant(mask, tf.float32)])
+
+    def slots(r, m=None):
+        return tfe_ops.receiver_slots(r, num_nodes, None if mode == "eager" else 12, m)
+
+    if mode != "eager":
+        slots = tf.function(slots, jit_compile=mode == "xla")
+    got = keras.ops.convert_to_numpy(slots(*args))
+    expected = reference[:, :k] if mode == "eager" else reference  # eager: K = the largest in-degree
+    np.testing.assert_array_equal(got, expected)

@@ -59,7 +59,7 @@ def num_nodes(positions):
 def receiver_slots(receivers, num_nodes, max_neighbors=None, edge_mask=None):
     """Padded neighbour layout: ``slots[i, k]`` is the k-th edge received by node i.
 
-    Edges are listed per receiver; empty slots hold ``E`` (one past the last
+    Edges are listed per receiver, in edge order; empty slots hold ``E`` (one past the last
     edge), so gathering from the edge rows with one zero row appended gives
     zeros there. Edges with ``edge_mask == 0`` take no slot (padding edges,
     which are self-loops on one padding node, would otherwise pile up on it).
@@ -67,6 +67,13 @@ def receiver_slots(receivers, num_nodes, max_neighbors=None, edge_mask=None):
     receive at most K unmasked edges: validate it at the boundary, since XLA
     drops out-of-range scatters silently while eager/``tf.function`` raise), else
     the largest in-degree (at least 1), computed at run time.
+
+    Edges sorted by receiver (what ``edges_from_ragged``, ``radius_graph`` and
+    ``merge_graphs`` give; masked padding edges at the end) need no sort: an
+    edge's slot is its index minus its receiver's first edge. Other orders take a
+    stable sort of the receivers, chosen at run time (``cond``), which costs more
+    than the rest of the layout (32k edges: 5 ms in ``tf.function``, 14 ms under
+    XLA on 2 CPU cores).
 
     Returns:
         ``[num_nodes, K]`` int32.
@@ -80,10 +87,15 @@ def receiver_slots(receivers, num_nodes, max_neighbors=None, edge_mask=None):
         keep = ops.greater(edge_mask, 0)
         receivers = ops.where(keep, receivers, ops.full_like(receivers, num_nodes))
         rows = num_nodes + 1
-    order = ops.cast(ops.argsort(receivers), "int32")
-    sorted_receivers = ops.take(receivers, order, axis=0)
     counts = segment_sum(ops.ones_like(receivers), receivers, rows)
     starts = ops.cumsum(counts) - counts
+    in_order = ops.all(ops.greater_equal(receivers[1:], receivers[:-1]))
+    order = ops.cond(
+        in_order,
+        lambda: ops.arange(num_edges, dtype="int32"),
+        lambda: ops.cast(ops.argsort(receivers), "int32"),  # TensorFlow's argsort is stable
+    )
+    sorted_receivers = ops.take(receivers, order, axis=0)
     rank = ops.arange(num_edges, dtype="int32") - ops.take(starts, sorted_receivers, axis=0)
     if edge_mask is not None:
         rank = ops.where(ops.equal(sorted_receivers, num_nodes), ops.zeros_like(rank), rank)
