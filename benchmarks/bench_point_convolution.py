@@ -3,7 +3,8 @@
 DESIGN.md section 6: N = 1000 nodes at the density of 32 neighbours within
 5.0 in a periodic box, features ``32x0e+16x1o+8x2e`` in and out, harmonics
 ``1x0e+1x1o+1x2e`` (component), 16 Gaussian radial functions -> 64 (SiLU) ->
-3456 tensor-product weights per edge, neighbour sum / sqrt(32).
+3456 tensor-product weights per edge, neighbour sum / sqrt(32); edges sorted by
+receiver, as ``radius_graph`` returns them (both frameworks get the same graph).
 
 Every configuration (framework, implementation, mode, forward or
 forward+backward) runs in a fresh subprocess (``_common.run_isolated``), which
@@ -67,6 +68,10 @@ def build_graph(num_nodes):
     pairs = pairs[np.lexsort((pairs[:, 1], pairs[:, 0]))]
     senders = np.concatenate([pairs[:, 0], pairs[:, 1]]).astype(np.int32)
     receivers = np.concatenate([pairs[:, 1], pairs[:, 0]]).astype(np.int32)
+    # edges sorted by receiver, then sender: the order tfequivariant.graph.radius_graph gives
+    # (and the layers' neighbour layout takes without a sort); both frameworks get this graph
+    by_receiver = np.lexsort((senders, receivers))
+    senders, receivers = senders[by_receiver], receivers[by_receiver]
     raw = pos[senders] - pos[receivers]
     shifts = -box * np.round(raw / box)  # raw + shifts is the minimum-image vector
     degree = np.bincount(receivers, minlength=num_nodes)
