@@ -858,3 +858,27 @@ def test_validate_graph_messages_and_graph_mode():
     bad_ds = tf.data.Dataset.from_tensors(bad).map(graph.validate_graph)
     with pytest.raises(tf.errors.OpError, match="senders contains"):
         next(iter(bad_ds))
+
+
+def test_the_package_graph_builders_give_edges_sorted_by_receiver():
+    """The layers' neighbour layout skips its sort for edges in receiver order
+    (``ops.receiver_slots``): the package's own builders, merged and padded, give that order."""
+    from tfequivariant.graph import edges_from_ragged, merge_graphs, pad_to_sizes, radius_graph, radius_graph_numpy
+
+    rng = np.random.default_rng(4)
+    positions = rng.uniform(0, 4, (30, 3)).astype("float32")
+    graphs = [
+        {"positions": positions, **radius_graph_numpy(positions, 1.5, box=4.0)},
+        {"positions": positions, "neighbors": radius_graph(positions, 1.5)},
+        {"positions": positions[:7], "neighbors": radius_graph(positions[:7], 3.0, max_neighbors=2)},
+    ]
+    receivers = [np.asarray(radius_graph_numpy(positions, 1.5)["receivers"]),
+                 edges_from_ragged(graphs[1]["neighbors"])[1].numpy()]
+    merged = merge_graphs([{k: v for k, v in g.items() if k != "edge_shifts"} for g in graphs])
+    receivers.append(merged["receivers"])
+    padded = pad_to_sizes(merged, 100, int(len(merged["receivers"])) + 9, 5)
+    keep = padded["edge_mask"].numpy() > 0
+    remapped = np.where(keep, padded["receivers"].numpy(), 100)  # masked edges, as receiver_slots sees them
+    receivers.append(remapped)
+    for r in receivers:
+        assert len(r) > 20 and np.all(np.diff(r) >= 0), r
