@@ -70,7 +70,7 @@ BENCHMARKS = {  # name -> (script, title)
 QUICK_ARGS = {
     "sh": ["--n", "20000", "--lmax", "2", "--repeat", "3", "--warmup", "1", "--torch-modes", "eager"],
     "conv": ["--nodes", "60", "--reps", "3", "--warmup", "1", "--budget", "5", "--quiet-wait", "0",
-             "--retries", "0", "--si-modes", "", "--e3nn-modes", "eager"],
+             "--retries", "0", "--si-modes", "", "--e3nn-modes", "eager", "--node-chunks", "8"],
     "attention": ["--nodes", "60", "--reps", "3", "--warmup", "1", "--budget", "5", "--e3nn-modes", "eager",
                   "--max-rss-gb", "2"],
 }
