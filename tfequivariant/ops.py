@@ -90,12 +90,12 @@ def receiver_slots(receivers, num_nodes, max_neighbors=None, edge_mask=None):
     counts = segment_sum(ops.ones_like(receivers), receivers, rows)
     starts = ops.cumsum(counts) - counts
     in_order = ops.all(ops.greater_equal(receivers[1:], receivers[:-1]))
-    order = ops.cond(
-        in_order,
-        lambda: ops.arange(num_edges, dtype="int32"),
-        lambda: ops.cast(ops.argsort(receivers), "int32"),  # TensorFlow's argsort is stable
-    )
-    sorted_receivers = ops.take(receivers, order, axis=0)
+
+    def by_sort():
+        order = ops.cast(ops.argsort(receivers), "int32")  # TensorFlow's argsort is stable
+        return order, ops.take(receivers, order, axis=0)
+
+    order, sorted_receivers = ops.cond(in_order, lambda: (ops.arange(num_edges, dtype="int32"), receivers), by_sort)
     rank = ops.arange(num_edges, dtype="int32") - ops.take(starts, sorted_receivers, axis=0)
     if edge_mask is not None:
         rank = ops.where(ops.equal(sorted_receivers, num_nodes), ops.zeros_like(rank), rank)
