@@ -8,7 +8,8 @@ loop over blocks that recomputes each block in the backward pass.
 
 from tfequivariant import ops as tfe_ops
 
-__all__ = ["receiver_layout", "with_zero_row", "pad_to_blocks", "map_blocks", "degree_order", "map_blocks_by_degree"]
+__all__ = ["receiver_layout", "with_zero_row", "pad_to_blocks", "map_blocks", "degree_order", "map_blocks_by_degree",
+           "num_slots"]
 
 
 def receiver_layout(graph, num_nodes, max_neighbors, where="receiver_layout"):
@@ -43,6 +44,14 @@ def receiver_layout(graph, num_nodes, max_neighbors, where="receiver_layout"):
         slots = tfe_ops.receiver_slots(graph["receivers"], num_nodes, max_neighbors, graph.get("edge_mask"))
     senders = tf.concat([tf.cast(graph["senders"], "int32"), tf.reshape(tf.cast(num_nodes, "int32"), (1,))], axis=0)
     return slots, tfe_ops.gather(senders, slots)
+
+
+def num_slots(x):
+    """The size of ``x``'s slot axis (1): a Python int when static (the degree tiers of
+    ``map_blocks_by_degree`` are then static sizes, what XLA needs), else a scalar tensor."""
+    import tensorflow as tf
+
+    return x.shape[1] if x.shape[1] is not None else tf.shape(x)[1]
 
 
 def with_zero_row(rows):

@@ -12,6 +12,7 @@ from tfequivariant.layers._so2 import SO2Plan, edge_frame, so2_products
 from tfequivariant.layers._receiver_blocks import (
     degree_order,
     map_blocks_by_degree,
+    num_slots,
     pad_to_blocks,
     receiver_layout,
     with_zero_row,
@@ -229,7 +230,7 @@ class PointConvolution(EdgeFilterLayer):
         slots, sender_slots = pad_to_blocks(n, num_edges, chunk, slots, sender_slots)
         order, inverse, block_slots = degree_order(slots, num_edges, chunk)
         slots, sender_slots = tfe_ops.gather(slots, order), tfe_ops.gather(sender_slots, order)
-        k = slots.shape[1] if slots.shape[1] is not None else tf.shape(slots)[1]
+        k = num_slots(slots)
         out = map_blocks_by_degree(
             lambda x, y, hh, *w: per_node_convolution(self._plan, x, y, hh, w),
             (neighbour_last(features, sender_slots), neighbour_last(sh, slots), tfe_ops.gather(h, slots)),

@@ -12,6 +12,7 @@ from tfequivariant.layers._receiver_blocks import (
     degree_order,
     map_blocks,
     map_blocks_by_degree,
+    num_slots,
     pad_to_blocks,
     receiver_layout,
     with_zero_row,
@@ -366,7 +367,7 @@ class SE3Attention(EdgeFilterLayer):
 
         n = tfe_ops.num_nodes(graph["positions"])
         slots, sender_slots = receiver_layout(graph, n, self.max_neighbors, "SE3Attention")  # [N, K]
-        k = slots.shape[1] if slots.shape[1] is not None else tf.shape(slots)[1]
+        k = num_slots(slots)
         num_edges = tf.shape(sh)[0]
         chunk = self.node_chunk
         slots, sender_slots, query = pad_to_blocks(n, num_edges, chunk, slots, sender_slots, self.query(features))
@@ -376,7 +377,7 @@ class SE3Attention(EdgeFilterLayer):
         occupied = tf.cast(tf.less(slots, num_edges), self.compute_dtype)  # [N_pad, K]
 
         def block(x, y, hh, q, mask, w):  # [C, T, D] first T slots of C receivers -> [C, out]
-            t = x.shape[1] if x.shape[1] is not None else tf.shape(x)[1]
+            t = num_slots(x)
             flat = lambda a: tf.reshape(a, tf.concat([[-1], tf.shape(a)[2:]], axis=0))
             keys, values = self._edge_keys_values(flat(x), flat(y), flat(hh), w)
             q_edges = tf.reshape(tf.repeat(q[:, None, :], t, axis=1), (-1, self.irreps_key.dim))
