@@ -591,3 +591,68 @@ def test_clebsch_gordan_step_equals_the_three_operand_einsum(shape):
                                                tf.TensorSpec([None, v, 5], tf.float64),
                                                tf.TensorSpec([3, 5, 5], tf.float64)])
     np.testing.assert_allclose(dyn(a, b, C), expected, atol=1e-13)
+
+
+@pytest.mark.parametrize("shape", [(5, 3), (0, 3)], ids=["five", "empty"])
+def test_uuu_clebsch_gordan_step_equals_the_three_operand_einsum(shape):
+    """``_cg_uu`` (one matmul with the sample axis in its rows, then a product and a sum)
+    against NumPy's einsum, l = 2 x 1 -> 2 and l = 1 x 1 -> 0, and a batch of zero samples."""
+    from tfequivariant.layers.tensor_product import _cg_uu
+
+    n, u = shape
+    rng = np.random.default_rng(1)
+    for l1, l2, lo in ((2, 1, 2), (1, 1, 0)):
+        a, b = rng.normal(size=(n, u, 2 * l1 + 1)), rng.normal(size=(n, u, 2 * l2 + 1))
+        C = wigner_3j(l1, l2, lo)
+        expected = np.einsum("nui,nuj,ijk->nuk", a, b, C)
+        got = _cg_uu(tf.constant(a), tf.constant(b), tf.constant(C))
+        assert got.shape == (n, u, 2 * lo + 1)
+        np.testing.assert_allclose(got, expected, atol=1e-13)
+        if n:
+            assert np.abs(expected).max() > 0.1
+
+
+def _tensor_product_graph_model(layer, irreps):
+    """A graph model (the export's named inputs) whose output is ``layer(f, f)`` of the node features."""
+    inputs = {
+        "positions": keras.Input(shape=(3,), name="positions"),
+        "node_features": keras.Input(shape=(Irreps(irreps).dim,), name="node_features"),
+        "senders": keras.Input(shape=(), dtype="int32", name="senders"),
+        "receivers": keras.Input(shape=(), dtype="int32", name="receivers"),
+    }
+    return keras.Model(inputs, layer(inputs["node_features"], inputs["node_features"]))
+
+
+@pytest.mark.parametrize("mode", ["uvw", "uvu", "uuu", "fully_connected"])
+def test_shared_weight_tensor_products_run_in_tflite_on_empty_and_nonempty_batches(tmp_path, mode):
+    """Exported to TFLite and run by LiteRT with its default (XNNPack) delegate, the layers
+    with shared weights give Keras's numbers for 4 nodes, 1 node and no node. The uvu and uuu
+    paths were einsums whose batched matmul put the node axis in its columns: the delegate
+    failed to prepare them for zero nodes."""
+    pytest.importorskip("ai_edge_litert")
+    from tfequivariant import export
+
+    irreps = "2x0e+2x1o+1x2e"
+    if mode == "fully_connected":
+        layer = FullyConnectedTensorProduct(irreps, irreps, "2x0e+1x1o+1x1e+1x2e")
+    else:
+        instructions = [(0, 0, 0, mode, True), (1, 1, 0, mode, True), (1, 0, 1, mode, True),
+                        (0, 1, 1, mode, True), (2, 2, 2, mode, True)]
+        out = "2x0e+2x1o+1x2e" if mode != "uvw" else "3x0e+2x1o+1x2e"
+        layer = TensorProduct(irreps, irreps, out, instructions)
+    model = _tensor_product_graph_model(layer, irreps)
+    rng = np.random.default_rng(3)
+    layer.set_weights([rng.normal(size=w.shape) for w in layer.get_weights()])  # not the initial weights
+    path = export.export_saved_model(model, tmp_path / "tp", version=1)
+    export.to_tflite(path, tmp_path / "tp.tflite")
+    runner = export.TFLiteRunner(tmp_path / "tp.tflite")
+    for n in (4, 1, 0):
+        graph = {"positions": rng.normal(size=(n, 3)).astype("float32"),
+                 "node_features": rng.normal(size=(n, Irreps(irreps).dim)).astype("float32"),
+                 "senders": np.zeros((0,), "int32"), "receivers": np.zeros((0,), "int32")}
+        expected = np.asarray(model({k: graph[k] for k in model.input}))
+        got = runner(graph)
+        assert got.shape == expected.shape == (n, layer.irreps_out.dim)
+        np.testing.assert_allclose(got, expected, atol=2e-5, rtol=0)
+        if n:
+            assert np.abs(expected).max() > 0.1

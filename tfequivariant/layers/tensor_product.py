@@ -164,11 +164,31 @@ def _cg_uv(a, b, C):
     resize to zero columns: a model on a graph with no edges failed to run there.
     """
     ops = keras.ops
+    n, v = ops.shape(b)[0], b.shape[1]
+    di, dk = C.shape[0], C.shape[2]
+    bc = _harmonics_times_cg(b, C)
+    bc = ops.reshape(ops.transpose(bc, (0, 2, 1, 3)), (n, di, v * dk))
+    return ops.reshape(ops.matmul(a, bc), (n, a.shape[1], v, dk))
+
+
+def _harmonics_times_cg(b, C):
+    """``einsum("nvj,ijk->nvik", b, C)`` as one plain matmul ``[n v, j] x [j, i k]`` (the batch axis in rows)."""
+    ops = keras.ops
     n, v, dj = ops.shape(b)[0], b.shape[1], b.shape[2]
     di, dk = C.shape[0], C.shape[2]
     bc = ops.matmul(ops.reshape(b, (-1, dj)), ops.reshape(ops.transpose(C, (1, 0, 2)), (dj, di * dk)))
-    bc = ops.reshape(ops.transpose(ops.reshape(bc, (n, v, di, dk)), (0, 2, 1, 3)), (n, di, v * dk))
-    return ops.reshape(ops.matmul(a, bc), (n, a.shape[1], v, dk))
+    return ops.reshape(bc, (n, v, di, dk))
+
+
+def _cg_uu(a, b, C):
+    """``einsum("nui,nuj,ijk->nuk", a, b, C)`` with no batched matmul over the constant.
+
+    Left to ``einsum``, the batch axis ``n`` ended up in the columns of a batched matmul
+    (as in ``_cg_uv``), and LiteRT's XNNPack delegate failed to prepare a model on an empty
+    batch. Here: one plain matmul with the batch axis in its rows, then a product and a sum
+    over ``i`` (at most ``2 l1 + 1`` terms).
+    """
+    return keras.ops.sum(a[:, :, :, None] * _harmonics_times_cg(b, C), axis=2)
 
 
 def tensor_product(x1_blocks, x2_blocks, weights, instructions, irreps_out, lead, dtype, shared):
@@ -201,11 +221,13 @@ def tensor_product(x1_blocks, x2_blocks, weights, instructions, irreps_out, lead
         elif ins.mode == "uvu":
             t = _cg_uv(a, b, C)
             if ins.has_weight:
-                y = ops.einsum("nuvk,uv->nuk", t, w) if shared else ops.einsum("nuvk,nuv->nuk", t, w)
+                # shared: a product and a sum over v, not einsum("nuvk,uv->nuk"), whose batched matmul
+                # put n in its columns (LiteRT's XNNPack delegate failed on an empty batch)
+                y = ops.sum(t * w[None, :, :, None], axis=2) if shared else ops.einsum("nuvk,nuv->nuk", t, w)
             else:
                 y = ops.sum(t, axis=2)
         else:  # uuu
-            t = ops.einsum("nui,nuj,ijk->nuk", a, b, C)
+            t = _cg_uu(a, b, C)
             if ins.has_weight:
                 y = t * (w[None, :, None] if shared else w[:, :, None])
             else:
