@@ -626,8 +626,8 @@ def test_out_of_range_index_raises_on_cpu_eager(implementation, key):
 def test_max_neighbors_smaller_than_in_degree_raises_naming_it(mode):
     """``max_neighbors`` below the largest in-degree (4 here) raises an error naming the
     layer and ``max_neighbors`` (before: the ``ScatterNd``'s "does not index into shape",
-    naming nothing). Under XLA assertions do not run (the extra edges would be dropped):
-    ``validate_graph(graph, max_neighbors=K)`` checks at the boundary (test_graph.py).
+    naming nothing). Under XLA assertions do not run: the layer then adds the edges the layout
+    left out (next tests); ``validate_graph(graph, max_neighbors=K)`` checks at the boundary.
     Edges with ``edge_mask == 0`` take no slot, so they do not count."""
     graph, features = _graph("float64"), _features(dtype="float64")
     layer = _conv(max_neighbors=MAX_IN_DEGREE - 1)
@@ -651,6 +651,101 @@ def test_max_neighbors_smaller_than_in_degree_raises_naming_it(mode):
     exact(features, graph)
     exact.set_weights(free.get_weights())
     _assert_close(exact(features, graph), free(features, graph), 1e-13)
+
+
+@pytest.mark.parametrize("max_neighbors, node_chunk", [(1, None), (2, 3)], ids=["one_block", "node_chunk=3"])
+def test_xla_over_full_neighbour_lists_lose_no_edge(monkeypatch, max_neighbors, node_chunk):
+    """Under XLA the assertion on ``max_neighbors`` does not run and the layout leaves a busy
+    node's extra edges out; the layer adds their messages (a per-edge loop over them), so the
+    output and every gradient equal the exact layer's (no ``max_neighbors``, eagerly), with an
+    edge masked out and edge attributes. With that correction switched off the output is wrong
+    (the test can fail)."""
+    from tfequivariant.layers import point_convolution
+
+    mask = np.ones(len(SENDERS))
+    mask[np.flatnonzero(RECEIVERS == np.bincount(RECEIVERS).argmax())[1]] = 0.0  # a masked edge of the busiest node
+    graph = _graph("float64", edge_mask=mask, edge_attr=_rng(5).normal(size=(len(SENDERS), 2)))
+    irreps_in, irreps_out = "2x0e+1x1o", "1x0e+1x1o"  # small: XLA compiles the blocked gradient in ~1 min
+    features = _features(irreps_in, dtype="float64")
+    exact = _built(_conv(irreps_in, irreps_out), features, graph)
+    small = _conv(irreps_in, irreps_out, max_neighbors=max_neighbors, node_chunk=node_chunk)
+    small.build(features.shape, {k: np.shape(v) for k, v in graph.items()})
+    small.set_weights(exact.get_weights())
+    cotangent = _rng(23).normal(size=(NUM_NODES, Irreps(irreps_out).dim))
+    expected = _value_and_grads(exact, features, graph, cotangent, "eager")
+    got = _value_and_grads(small, features, graph, cotangent, "xla")
+    assert len(got) == 3 + len(exact.trainable_weights)
+    for i, (g, e) in enumerate(zip(got, expected)):
+        assert np.abs(e).max() > 1e-6, i
+        _assert_close(g, e, 1e-12, f"output/gradient {i}")
+    monkeypatch.setattr(point_convolution, "_in_xla_context", lambda: False)  # no correction: edges lost
+    dropped = tf.function(lambda f, g: small(f, g), jit_compile=True)(features, graph)
+    assert np.abs(_np(dropped) - expected[0]).max() > 1e-3 * np.abs(expected[0]).max()
+
+
+@pytest.mark.parametrize("trips", [0, 3])
+@pytest.mark.parametrize("mode", ["function", "xla"])
+def test_looped_sum_and_its_first_and_second_gradients_equal_the_unrolled_sum(trips, mode):
+    """``looped_sum`` (the loop behind the dropped edges, with a custom gradient that is itself a
+    looped_sum) against the same steps summed in Python, differentiated by TensorFlow."""
+    from tfequivariant.layers._receiver_blocks import looped_sum
+
+    def step(i, x, w):
+        k = tf.cast(i + 1, x.dtype)
+        return [tf.sin(x * w * k), tf.reduce_sum(x ** 2) * w * k]
+
+    def both(x, w, looped):
+        with tf.GradientTape() as outer:
+            outer.watch([x, w])
+            with tf.GradientTape() as inner:
+                inner.watch([x, w])
+                if looped:
+                    a, b = looped_sum(step, [x, w], [tf.zeros_like(x), tf.zeros((), x.dtype)], tf.constant(trips), 3)
+                else:
+                    parts = [step(tf.constant(i), x, w) for i in range(trips)]
+                    a = sum((p[0] for p in parts), tf.zeros_like(x))
+                    b = sum((p[1] for p in parts), tf.zeros((), x.dtype))
+                value = tf.reduce_sum(tf.cos(a)) + b
+            gx, gw = inner.gradient(value, [x, w], unconnected_gradients=tf.UnconnectedGradients.ZERO)
+            second = tf.reduce_sum(gx ** 2) + gw ** 2
+        return [a, b, gx, gw] + outer.gradient(second, [x, w], unconnected_gradients=tf.UnconnectedGradients.ZERO)
+
+    x, w = tf.constant(_rng(4).normal(size=(5,))), tf.constant(0.7, tf.float64)
+    expected = [_np(v) for v in both(x, w, False)]
+    got = [_np(v) for v in tf.function(lambda x, w: both(x, w, True), jit_compile=mode == "xla")(x, w)]
+    for i, (g, e) in enumerate(zip(got, expected)):
+        np.testing.assert_allclose(g, e, rtol=1e-12, atol=1e-12, err_msg=str(i))
+    if trips:
+        assert min(np.abs(e).max() for e in expected) > 1e-3
+
+
+def test_xla_over_full_neighbour_lists_second_order_gradients():
+    """Forces in the loss (a gradient of a gradient) through the edges the layout left out:
+    under XLA with ``max_neighbors=2`` equal to the exact layer's, eagerly."""
+    irreps_in, irreps_out = "2x0e+1x1o", "1x0e+1x1o"
+    graph, features = _graph("float64"), _features(irreps_in, dtype="float64")
+    exact = _built(_conv(irreps_in, irreps_out), features, graph)
+    small = _conv(irreps_in, irreps_out, max_neighbors=2)
+    small.build(features.shape, {k: np.shape(v) for k, v in graph.items()})
+    small.set_weights(exact.get_weights())
+
+    def forces_loss(layer, jit):
+        @tf.function(jit_compile=jit)
+        def f(x, p):
+            with tf.GradientTape() as outer:
+                outer.watch(x)
+                with tf.GradientTape() as inner:
+                    inner.watch(p)
+                    energy = tf.reduce_sum(tf.sin(layer(x, {**graph, "positions": p})))
+                forces = tf.convert_to_tensor(inner.gradient(energy, p))
+                loss = tf.reduce_sum(forces ** 2)
+            return [loss] + [tf.convert_to_tensor(g) for g in outer.gradient(loss, [x] + layer.trainable_weights)]
+        return [_np(v) for v in f(tf.constant(features), tf.constant(graph["positions"]))]
+
+    expected, got = forces_loss(exact, False), forces_loss(small, True)
+    for i, (g, e) in enumerate(zip(got, expected)):
+        assert np.abs(e).max() > 1e-6, i
+        _assert_close(g, e, 1e-11, f"loss/gradient {i}")
 
 
 @pytest.mark.parametrize("implementation", ["per_edge", "so2"])

@@ -9,7 +9,7 @@ loop over blocks that recomputes each block in the backward pass.
 from tfequivariant import ops as tfe_ops
 
 __all__ = ["receiver_layout", "with_zero_row", "pad_to_blocks", "map_blocks", "degree_order", "map_blocks_by_degree",
-           "num_slots"]
+           "num_slots", "dropped_edges", "looped_sum"]
 
 
 def receiver_layout(graph, num_nodes, max_neighbors, where="receiver_layout"):
@@ -21,7 +21,8 @@ def receiver_layout(graph, num_nodes, max_neighbors, where="receiver_layout"):
     With a static ``max_neighbors`` a node receiving more (unmasked) edges raises
     ``InvalidArgumentError`` naming ``where`` and ``max_neighbors`` before the layout
     is built, eagerly, in ``tf.function`` and in a SavedModel. Under XLA the check
-    does not run (XLA drops assertions) and the extra edges would be lost:
+    does not run (XLA drops assertions) and the layout leaves the extra edges out
+    (``dropped_edges`` lists them; ``PointConvolution`` adds their messages back):
     ``graph.validate_graph(graph, max_neighbors=K)`` checks at the boundary.
     """
     import tensorflow as tf
@@ -37,13 +38,80 @@ def receiver_layout(graph, num_nodes, max_neighbors, where="receiver_layout"):
             tf.reduce_max(tf.concat([degree, [0]], axis=0)), tf.constant(int(max_neighbors), "int32"),
             message=(f"{where}: a node receives more edges than max_neighbors={int(max_neighbors)} (its in-degree "
                      "is x below). Raise max_neighbors, or cap the neighbour lists "
-                     "(radius_graph(..., max_neighbors=K)); under XLA this check does not run and the extra edges "
-                     "would be dropped: check graphs with validate_graph(graph, max_neighbors=K)"),
+                     "(radius_graph(..., max_neighbors=K)); under XLA this check does not run (PointConvolution "
+                     "then adds the extra edges in a slow per-edge loop, SE3Attention's receiver blocks drop them): "
+                     "check graphs with validate_graph(graph, max_neighbors=K)"),
         ))
     with tf.control_dependencies(checks):  # before the scatter, whose own error names no argument
         slots = tfe_ops.receiver_slots(graph["receivers"], num_nodes, max_neighbors, graph.get("edge_mask"))
     senders = tf.concat([tf.cast(graph["senders"], "int32"), tf.reshape(tf.cast(num_nodes, "int32"), (1,))], axis=0)
     return slots, tfe_ops.gather(senders, slots)
+
+
+def dropped_edges(slots, num_edges, edge_mask=None):
+    """The unmasked edges that took no slot of ``slots`` (``receiver_layout`` with a static
+    ``max_neighbors`` that some node's in-degree exceeds; XLA drops them from the layout).
+
+    Returns:
+        ``(ids, count)``: ``ids [E]`` int32, the dropped edges' indices in edge order, then
+        ``E`` (one past the last edge) in the remaining entries; ``count`` their number.
+        Static shapes only (a scatter and a cumulative sum over the edges), so XLA compiles it.
+    """
+    import tensorflow as tf
+
+    flat = tf.reshape(slots, (-1, 1))
+    placed = tf.scatter_nd(flat, tf.ones_like(flat[:, 0]), tf.reshape(num_edges + 1, (1,)))[:num_edges] > 0
+    dropped = tf.logical_not(placed)
+    if edge_mask is not None:
+        dropped = tf.logical_and(dropped, tf.greater(edge_mask, 0))
+    count = tf.reduce_sum(tf.cast(dropped, "int32"))
+    position = tf.where(dropped, tf.cumsum(tf.cast(dropped, "int32")) - 1, num_edges)  # the rest go to entry E
+    ids = tf.tensor_scatter_nd_update(tf.fill(tf.reshape(num_edges + 1, (1,)), num_edges), position[:, None],
+                                      tf.range(num_edges))
+    return ids[:num_edges], count
+
+
+def looped_sum(step, inputs, zeros, trips, max_trips=None):
+    """``sum_{i < trips} step(i, *inputs)`` in a loop, with gradients of every order.
+
+    Args:
+        step: ``step(i, *inputs) -> list`` of tensors shaped like ``zeros``.
+        inputs: float tensors (differentiated); other tensors ``step`` uses are captured.
+        zeros: the initial sums.
+        trips: number of steps, a scalar tensor (may be 0: the loop is then all the cost).
+        max_trips: a static bound on ``trips`` (XLA), or None.
+
+    The gradient is the same kind of loop over the steps' vector-Jacobian products, each
+    step recomputed under a tape inside the loop body, so no intermediate of a step is kept
+    across steps, and no gradient of a loop is left to TensorFlow (under XLA its while-loop
+    gradient needs loop-invariant shapes and permutations as compile-time constants, which
+    a second-order gradient does not give it).
+    """
+    import tensorflow as tf
+
+    n_in = len(inputs)
+
+    @tf.custom_gradient
+    def summed(*xs):
+        def body(i, *acc):
+            return (i + 1, *[a + c for a, c in zip(acc, step(i, *xs))])
+
+        out = tf.while_loop(lambda i, *_: i < trips, body, (tf.constant(0), *zeros), maximum_iterations=max_trips)[1:]
+
+        def grad(*d_out):
+            def vjp(i, *args):
+                x, d = list(args[:n_in]), list(args[n_in:])
+                with tf.GradientTape() as tape:
+                    tape.watch(x)
+                    o = step(i, *x)
+                g = tape.gradient(o, x, output_gradients=d, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+                return [tf.convert_to_tensor(v) for v in g]
+
+            return looped_sum(vjp, list(xs) + list(d_out), [tf.zeros_like(x) for x in xs], trips, max_trips)
+
+        return list(out), grad
+
+    return summed(*inputs)
 
 
 def num_slots(x):

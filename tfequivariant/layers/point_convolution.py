@@ -11,6 +11,8 @@ from tfequivariant.layers._per_node import PerNodePlan, last_layer_weights, per_
 from tfequivariant.layers._so2 import SO2Plan, edge_frame, so2_products
 from tfequivariant.layers._receiver_blocks import (
     degree_order,
+    dropped_edges,
+    looped_sum,
     map_blocks_by_degree,
     num_slots,
     pad_to_blocks,
@@ -18,6 +20,7 @@ from tfequivariant.layers._receiver_blocks import (
     with_zero_row,
 )
 from tfequivariant.layers.self_interaction import SelfInteraction, parse_irreps
+from tfequivariant.spherical_harmonics import _in_xla_context
 from tfequivariant.layers.tensor_product import (
     fully_connected_instructions,
     plan_instructions,
@@ -28,6 +31,9 @@ from tfequivariant.layers.tensor_product import (
 __all__ = ["PointConvolution", "second_moment_constant"]
 
 _IMPLEMENTATIONS = ("per_node", "per_edge", "so2")
+
+# Edges per step of the loop over the edges an over-full neighbour list dropped (XLA only).
+_DROPPED_CHUNK = 256
 
 
 @keras.saving.register_keras_serializable(package="tfequivariant")
@@ -82,8 +88,11 @@ class PointConvolution(EdgeFilterLayer):
         max_neighbors: static ``K`` of the per-node layout (needed under XLA;
             every node must receive at most ``K`` unmasked edges: more raises
             ``InvalidArgumentError`` eagerly, in ``tf.function`` and in a
-            SavedModel, but under XLA the extra edges are dropped, so check graphs
-            with ``validate_graph(graph, max_neighbors=K)``). Default None: the
+            SavedModel; XLA runs no assertions, so there the layout leaves the
+            extra edges out and the layer adds their messages computed per edge, in a
+            loop over them that runs zero times when every node fits: exact, gradients
+            of any order included, but slow for many such edges, so check graphs with
+            ``validate_graph(graph, max_neighbors=K)``). Default None: the
             largest in-degree, computed at run time.
         implementation: ``"per_node"`` (default), ``"per_edge"`` or ``"so2"``.
         node_chunk: ``"per_node"`` only: process the receivers in blocks of this many
@@ -206,6 +215,11 @@ class PointConvolution(EdgeFilterLayer):
         n = tfe_ops.num_nodes(graph["positions"])
         slots, sender_slots = receiver_layout(graph, n, self.max_neighbors, "PointConvolution")  # [N, K]
         num_edges = tf.shape(sh)[0]
+        def dropped(layout, rows=(features, sh, h)):  # XLA only: the edges an over-full neighbour list left out
+            if self.max_neighbors is None or not _in_xla_context():
+                return 0.0
+            return self._dropped_edge_messages(*rows, graph, layout)
+
         features, sh, h = with_zero_row(features), with_zero_row(sh), with_zero_row(h)
         weights = last_layer_weights(self._plan, self.radial_output, self.compute_dtype)
 
@@ -214,10 +228,11 @@ class PointConvolution(EdgeFilterLayer):
 
         chunk = self.node_chunk
         if chunk is None or (slots.shape[0] is not None and slots.shape[0] <= chunk):
-            return per_node_convolution(
+            out = per_node_convolution(
                 self._plan, neighbour_last(features, sender_slots), neighbour_last(sh, slots),
                 tfe_ops.gather(h, slots), weights,
             )
+            return out + dropped(slots)
         # node blocks of `chunk` receivers, one after the other; the backward pass recomputes
         # each block's products instead of keeping them, so memory is O(chunk * K), and blocks
         # of 8-16 receivers keep each block's products in cache (BENCHMARKS.md, session 7).
@@ -227,6 +242,7 @@ class PointConvolution(EdgeFilterLayer):
         # Receivers sorted by in-degree, so that a block of similar degrees runs on the slots it
         # needs (rounded up to a quarter of K) instead of all K: on the benchmark's uniform graph
         # (K = 51, mean degree 32) the empty slots are 37 % of the blocks' work otherwise.
+        correction = dropped(slots)
         slots, sender_slots = pad_to_blocks(n, num_edges, chunk, slots, sender_slots)
         order, inverse, block_slots = degree_order(slots, num_edges, chunk)
         slots, sender_slots = tfe_ops.gather(slots, order), tfe_ops.gather(sender_slots, order)
@@ -236,7 +252,47 @@ class PointConvolution(EdgeFilterLayer):
             (neighbour_last(features, sender_slots), neighbour_last(sh, slots), tfe_ops.gather(h, slots)),
             (2, 2, 1), weights, chunk, self.irreps_out.dim, self.compute_dtype, block_slots, k,
         )
-        return tfe_ops.gather(out, inverse)[:n]
+        return tfe_ops.gather(out, inverse)[:n] + correction
+
+    def _dropped_edge_messages(self, features, sh, h, graph, slots):
+        """The summed messages of the edges that ``slots`` dropped, ``[N, irreps_out.dim]``.
+
+        Under XLA the neighbour layout cannot raise for a node with more unmasked edges than
+        ``max_neighbors``: its extra edges get no slot. They are not lost: this adds their
+        messages, computed per edge (as ``implementation="per_edge"``) in a loop over chunks
+        of ``_DROPPED_CHUNK`` dropped edges that runs zero times when every node fits, which
+        is then the only cost (a scatter and a cumulative sum over the edges, and in the
+        backward pass zero gradients of the edge rows). ``looped_sum`` gives the loop its own
+        gradients, of any order, each a loop over the same chunks, so nothing per edge is kept.
+        """
+        import tensorflow as tf
+
+        n = tfe_ops.num_nodes(graph["positions"])
+        num_edges = tf.shape(sh)[0]
+        ids, count = dropped_edges(slots, num_edges, graph.get("edge_mask"))
+        size = _DROPPED_CHUNK
+        static_edges = sh.shape[0]
+        max_trips = None if static_edges is None else max(1, -(-static_edges // size))
+        ids = tf.pad(ids, [[0, size]], constant_values=num_edges)  # a whole chunk from any start below count
+        trips = (count + size - 1) // size
+        senders = tf.concat([tf.cast(graph["senders"], "int32"), tf.reshape(tf.cast(n, "int32"), (1,))], axis=0)
+        receivers = tf.concat([tf.cast(graph["receivers"], "int32"), tf.reshape(tf.cast(n, "int32"), (1,))], axis=0)
+        instructions, dtype = self.instructions, self.compute_dtype
+
+        def messages(x, y, hh, w):
+            return tensor_product(self.irreps_in.split(x), self.irreps_sh.split(y),
+                                  radial_path_weights(hh, w, instructions), instructions, self.irreps_out, (-1,),
+                                  dtype, shared=False)
+
+        def step(i, x_all, y_all, h_all, w):  # one chunk's messages, summed into their receivers [N + 1, out]
+            e = tf.slice(ids, tf.reshape(i * size, (1,)), [size])
+            s, r = tf.gather(senders, e), tf.gather(receivers, e)
+            msg = messages(tf.gather(x_all, s), tf.gather(y_all, e), tf.gather(h_all, e), w)
+            return [tf.tensor_scatter_nd_add(tf.zeros(tf.stack([n + 1, self.irreps_out.dim]), dtype), r[:, None], msg)]
+
+        rows = [with_zero_row(features), with_zero_row(sh), with_zero_row(h), tf.cast(self.radial_output, dtype)]
+        (out,) = looped_sum(step, rows, [tf.zeros(tf.stack([n + 1, self.irreps_out.dim]), dtype)], trips, max_trips)
+        return out[:-1]
 
     def _per_edge(self, features, graph, sh, h):
         ops = keras.ops

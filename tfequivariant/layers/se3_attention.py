@@ -89,8 +89,10 @@ class SE3Attention(EdgeFilterLayer):
         self_interaction: add ``W_V f_i`` (default True).
         max_neighbors: static ``K`` of the receiver blocks (``node_chunk`` under XLA
             needs it; every node must receive at most ``K`` unmasked edges: as in
-            ``PointConvolution``, more raises except under XLA, which drops the extra
-            edges; ``validate_graph(graph, max_neighbors=K)``). Default None: the
+            ``PointConvolution``, more raises except under XLA, where the receiver blocks
+            drop the extra edges (unlike ``PointConvolution``, which adds them back: a
+            softmax over a receiver's edges is not a sum over them); check graphs with
+            ``validate_graph(graph, max_neighbors=K)``). Default None: the
             largest in-degree, computed at run time.
         node_chunk: process the receivers in blocks of this many nodes, one block after
             another (``tf.map_fn``), each over its padded incoming edges (receivers sorted
