@@ -777,6 +777,33 @@ def test_chunks_equal_unchunked_with_gradients(chunking, mode):
         _assert_close(g, e, 1e-12, f"output/gradient {i}")
 
 
+@pytest.mark.parametrize("implementation", ["per_edge", "so2"])
+def test_xla_over_full_neighbour_lists_lose_no_edge(monkeypatch, implementation):
+    """Under XLA the receiver blocks with ``max_neighbors`` below some in-degree leave the extra
+    edges out (no assertion runs); the layer recomputes those receivers' attention over all their
+    edges, so the output and every gradient equal the unblocked layer's (masked edge, edge
+    attributes, shifts), and are wrong with that correction switched off."""
+    from tfequivariant.layers import se3_attention
+
+    graph, features = _mask_attr_shifts_graph(), _features("2x0e+2x1o")
+    kwargs = dict(irreps_in="2x0e+2x1o", irreps_out="2x0e+2x1o", irreps_sh=2, num_heads=2,
+                  implementation=implementation)
+    plain = _built(_att(**kwargs), features, graph)
+    small = _att(**kwargs, node_chunk=3, max_neighbors=MAX_IN_DEGREE - 2)
+    small(features, {**graph, "senders": graph["senders"][:1], "receivers": graph["receivers"][:1],
+                     **{k: graph[k][:1] for k in ("edge_mask", "edge_attr", "edge_shifts") if k in graph}})
+    small.set_weights(plain.get_weights())
+    cotangent = _rng(29).normal(size=(NUM_NODES, Irreps("2x0e+2x1o").dim))
+    expected = _value_and_gradients(plain, features, graph, cotangent, "eager")
+    got = _value_and_gradients(small, features, graph, cotangent, "xla")
+    for i, (g, e) in enumerate(zip(got, expected)):
+        assert np.abs(_np(e)).max() > 1e-6, i
+        _assert_close(g, e, 1e-12, f"output/gradient {i}")
+    monkeypatch.setattr(se3_attention, "_in_xla_context", lambda: False)
+    dropped = tf.function(lambda f, g: small(f, g), jit_compile=True)(tf.constant(features), graph)
+    assert np.abs(_np(dropped) - _np(expected[0])).max() > 1e-3 * np.abs(_np(expected[0])).max()
+
+
 @pytest.mark.parametrize("mode, max_neighbors", [("eager", None), ("function", None), ("xla", 12)])
 def test_node_chunk_degree_tiers_equal_unblocked_with_gradients(mode, max_neighbors):
     """Receivers sorted by in-degree, blocks of 2 on the slots of their tier (K = 12: 12, 9, 6

@@ -1584,8 +1584,8 @@ def _validate_arrays(arrays, max_neighbors=None):
             raise ValueError(
                 f"{where}: node {int(over[0])} receives {int(degree[over[0]])} edges, more than "
                 f"max_neighbors={max_neighbors} ({over.size} such node(s), largest in-degree "
-                f"{int(degree.max())}); under XLA, SE3Attention blocks with this static bound would drop "
-                "the extra edges and PointConvolution would add them in a slow per-edge loop. Raise "
+                f"{int(degree.max())}); layers with this static bound raise for it, except under XLA, "
+                "where they take the extra edges in a slow per-edge loop. Raise "
                 "max_neighbors or cap the neighbour lists "
                 "(radius_graph(..., max_neighbors=K))."
             )
@@ -1667,9 +1667,9 @@ def validate_graph(graph, max_neighbors=None):
             a ``tf.RaggedTensor``).
         max_neighbors: ``None`` or the static neighbour bound ``K`` the graph's
             convolutions are built with (``PointConvolution(max_neighbors=K)``,
-            ``SE3Attention(..., max_neighbors=K)``): under XLA a node with more
-            incoming edges would lose the extra ones silently in ``SE3Attention``'s
-            receiver blocks (``PointConvolution`` adds them back, slowly).
+            ``SE3Attention(..., max_neighbors=K)``): a node with more incoming
+            edges makes the layers raise, except under XLA, where they take the
+            extra edges in a slow per-edge loop instead.
 
     Returns:
         ``graph``, unchanged (in graph mode: the same values, made to depend

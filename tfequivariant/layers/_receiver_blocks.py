@@ -9,7 +9,7 @@ loop over blocks that recomputes each block in the backward pass.
 from tfequivariant import ops as tfe_ops
 
 __all__ = ["receiver_layout", "with_zero_row", "pad_to_blocks", "map_blocks", "degree_order", "map_blocks_by_degree",
-           "num_slots", "dropped_edges", "looped_sum"]
+           "num_slots", "dropped_edges", "compact_edges", "looped_sum"]
 
 
 def receiver_layout(graph, num_nodes, max_neighbors, where="receiver_layout"):
@@ -22,7 +22,8 @@ def receiver_layout(graph, num_nodes, max_neighbors, where="receiver_layout"):
     ``InvalidArgumentError`` naming ``where`` and ``max_neighbors`` before the layout
     is built, eagerly, in ``tf.function`` and in a SavedModel. Under XLA the check
     does not run (XLA drops assertions) and the layout leaves the extra edges out
-    (``dropped_edges`` lists them; ``PointConvolution`` adds their messages back):
+    (``dropped_edges`` lists them; ``PointConvolution`` adds their messages back and
+    ``SE3Attention`` recomputes the receivers concerned over all their edges):
     ``graph.validate_graph(graph, max_neighbors=K)`` checks at the boundary.
     """
     import tensorflow as tf
@@ -38,9 +39,9 @@ def receiver_layout(graph, num_nodes, max_neighbors, where="receiver_layout"):
             tf.reduce_max(tf.concat([degree, [0]], axis=0)), tf.constant(int(max_neighbors), "int32"),
             message=(f"{where}: a node receives more edges than max_neighbors={int(max_neighbors)} (its in-degree "
                      "is x below). Raise max_neighbors, or cap the neighbour lists "
-                     "(radius_graph(..., max_neighbors=K)); under XLA this check does not run (PointConvolution "
-                     "then adds the extra edges in a slow per-edge loop, SE3Attention's receiver blocks drop them): "
-                     "check graphs with validate_graph(graph, max_neighbors=K)"),
+                     "(radius_graph(..., max_neighbors=K)); under XLA this check does not run and the layers "
+                     "take the extra edges in a slow per-edge loop instead: check graphs with "
+                     "validate_graph(graph, max_neighbors=K)"),
         ))
     with tf.control_dependencies(checks):  # before the scatter, whose own error names no argument
         slots = tfe_ops.receiver_slots(graph["receivers"], num_nodes, max_neighbors, graph.get("edge_mask"))
@@ -53,9 +54,7 @@ def dropped_edges(slots, num_edges, edge_mask=None):
     ``max_neighbors`` that some node's in-degree exceeds; XLA drops them from the layout).
 
     Returns:
-        ``(ids, count)``: ``ids [E]`` int32, the dropped edges' indices in edge order, then
-        ``E`` (one past the last edge) in the remaining entries; ``count`` their number.
-        Static shapes only (a scatter and a cumulative sum over the edges), so XLA compiles it.
+        ``(ids, count)`` as ``compact_edges``.
     """
     import tensorflow as tf
 
@@ -64,8 +63,22 @@ def dropped_edges(slots, num_edges, edge_mask=None):
     dropped = tf.logical_not(placed)
     if edge_mask is not None:
         dropped = tf.logical_and(dropped, tf.greater(edge_mask, 0))
-    count = tf.reduce_sum(tf.cast(dropped, "int32"))
-    position = tf.where(dropped, tf.cumsum(tf.cast(dropped, "int32")) - 1, num_edges)  # the rest go to entry E
+    return compact_edges(dropped)
+
+
+def compact_edges(selected):
+    """The indices of the ``True`` entries of ``selected [E]``, first, in order.
+
+    Returns:
+        ``(ids, count)``: ``ids [E]`` int32, the selected edges' indices in edge order, then
+        ``E`` (one past the last edge) in the remaining entries; ``count`` their number.
+        Static shapes only (a scatter and a cumulative sum over the edges), so XLA compiles it.
+    """
+    import tensorflow as tf
+
+    num_edges = tf.shape(selected)[0]
+    count = tf.reduce_sum(tf.cast(selected, "int32"))
+    position = tf.where(selected, tf.cumsum(tf.cast(selected, "int32")) - 1, num_edges)  # the rest go to entry E
     ids = tf.tensor_scatter_nd_update(tf.fill(tf.reshape(num_edges + 1, (1,)), num_edges), position[:, None],
                                       tf.range(num_edges))
     return ids[:num_edges], count

@@ -9,7 +9,9 @@ from tfequivariant import ops as tfe_ops
 from tfequivariant.irreps import Irreps
 from tfequivariant.layers._edge_filter import EdgeFilterLayer, check_positive_int
 from tfequivariant.layers._receiver_blocks import (
+    compact_edges,
     degree_order,
+    looped_sum,
     map_blocks,
     map_blocks_by_degree,
     num_slots,
@@ -19,6 +21,7 @@ from tfequivariant.layers._receiver_blocks import (
 )
 from tfequivariant.layers._so2 import SO2Plan, edge_frame, so2_products
 from tfequivariant.layers.self_interaction import SelfInteraction, parse_irreps
+from tfequivariant.spherical_harmonics import _in_xla_context
 from tfequivariant.layers.tensor_product import (
     fully_connected_instructions,
     plan_instructions,
@@ -89,10 +92,12 @@ class SE3Attention(EdgeFilterLayer):
         self_interaction: add ``W_V f_i`` (default True).
         max_neighbors: static ``K`` of the receiver blocks (``node_chunk`` under XLA
             needs it; every node must receive at most ``K`` unmasked edges: as in
-            ``PointConvolution``, more raises except under XLA, where the receiver blocks
-            drop the extra edges (unlike ``PointConvolution``, which adds them back: a
-            softmax over a receiver's edges is not a sum over them); check graphs with
-            ``validate_graph(graph, max_neighbors=K)``). Default None: the
+            ``PointConvolution``, more raises except under XLA, which runs no assertions:
+            there the receiver blocks leave the extra edges out and the layer recomputes
+            those receivers' attention over all their edges, in loops over those edges
+            that run zero times when every receiver fits: exact, but slow for many such
+            edges, so check graphs with ``validate_graph(graph, max_neighbors=K)``).
+            Default None: the
             largest in-degree, computed at run time.
         node_chunk: process the receivers in blocks of this many nodes, one block after
             another (``tf.map_fn``), each over its padded incoming edges (receivers sorted
@@ -290,6 +295,76 @@ class SE3Attention(EdgeFilterLayer):
             shared=False,
         )
 
+    def _key_value_weights(self):
+        """The last radial layer's columns of the key paths and of the value paths (``so2``: in
+        the SO(2) plans' column order, gathered once rather than in every chunk)."""
+        import tensorflow as tf
+
+        radial_output = tf.cast(self.radial_output, self.compute_dtype)
+        key_columns, value_columns = np.asarray(self._key_columns), np.asarray(self._value_columns)
+        if self.implementation == "so2":
+            key_columns = key_columns[self._so2_plans["key"].column_order]
+            value_columns = value_columns[self._so2_plans["value"].column_order]
+        return tf.gather(radial_output, key_columns, axis=1), tf.gather(radial_output, value_columns, axis=1)
+
+    def _over_full_receivers(self, features, sh, h, graph, blocked):
+        """``blocked [N, irreps_out.dim]`` with the rows of the receivers that have more unmasked
+        edges than ``max_neighbors`` replaced by their exact attention (XLA only).
+
+        Under XLA the layout cannot raise and leaves such a receiver's extra edges out; its
+        softmax needs all of them, so its output is recomputed over all its edges: the keys and
+        logits of those edges, their softmax per receiver, then their weighted values, each a
+        loop over chunks of them (``looped_sum``, each chunk recomputed in the backward pass)
+        that runs zero times when every receiver fits, which is then the only cost.
+        """
+        import tensorflow as tf
+
+        n = tfe_ops.num_nodes(graph["positions"])
+        num_edges = tf.shape(sh)[0]
+        receivers = tf.cast(graph["receivers"], "int32")
+        keep = tf.ones_like(receivers, dtype="bool")
+        if graph.get("edge_mask") is not None:
+            keep = tf.greater(graph["edge_mask"], 0)
+        degree = tf.math.unsorted_segment_sum(tf.cast(keep, "int32"), receivers, n)
+        over_full = degree > self.max_neighbors  # [N]
+        selected = tf.logical_and(keep, tf.gather(over_full, receivers))
+        ids, count = compact_edges(selected)
+        size = 256
+        static_edges = sh.shape[0]
+        max_trips = None if static_edges is None else max(1, -(-static_edges // size))
+        ids = tf.pad(ids, [[0, size]], constant_values=num_edges)
+        trips = (count + size - 1) // size
+        pad_n = tf.reshape(tf.cast(n, "int32"), (1,))
+        senders_z = tf.concat([tf.cast(graph["senders"], "int32"), pad_n], axis=0)
+        receivers_z = tf.concat([receivers, pad_n], axis=0)
+        key_w, value_w = self._key_value_weights()
+        ordered, dtype, heads = self.implementation == "so2", self.compute_dtype, self.num_heads
+
+        def chunk(i):
+            e = tf.slice(ids, tf.reshape(i * size, (1,)), [size])
+            return e, tf.gather(senders_z, e), tf.gather(receivers_z, e)
+
+        def logits_step(i, x, y, hh, q, w):  # [E + 1, heads], the chunk's rows filled
+            e, s, r = chunk(i)
+            keys = self._edge_products(tf.gather(x, s), tf.gather(y, e), tf.gather(hh, e), w, "key", ordered)
+            return [tf.tensor_scatter_nd_add(tf.zeros(tf.stack([num_edges + 1, heads]), dtype), e[:, None],
+                                             self._logits(tf.gather(q, r) * keys))]
+
+        rows = [with_zero_row(features), with_zero_row(sh), with_zero_row(h)]
+        (logits,) = looped_sum(logits_step, rows + [with_zero_row(self.query(features)), key_w],
+                               [tf.zeros(tf.stack([num_edges + 1, heads]), dtype)], trips, max_trips)
+        alpha = segment_softmax(logits[:num_edges], receivers, n, tf.cast(selected, dtype))
+
+        def values_step(i, x, y, hh, a, w):  # [N + 1, out], the chunk's receivers' rows summed
+            e, s, r = chunk(i)
+            values = self._edge_products(tf.gather(x, s), tf.gather(y, e), tf.gather(hh, e), w, "value", ordered)
+            return [tf.tensor_scatter_nd_add(tf.zeros(tf.stack([n + 1, self.irreps_out.dim]), dtype), r[:, None],
+                                             self._weighted_values(tf.gather(a, e), values))]
+
+        (exact,) = looped_sum(values_step, rows + [with_zero_row(alpha), value_w],
+                              [tf.zeros(tf.stack([n + 1, self.irreps_out.dim]), dtype)], trips, max_trips)
+        return tf.where(over_full[:, None], exact[:-1], blocked)
+
     def _edge_chunked(self, features, graph, sh, h, mask):
         """The attention over chunks of ``edge_chunk`` edges (see ``edge_chunk``)."""
         import tensorflow as tf
@@ -305,14 +380,8 @@ class SE3Attention(EdgeFilterLayer):
         # node rows are gathered inside the chunks (per-edge copies of the features and queries,
         # and of their gradients, would be most of the memory); empty slots gather the zero row
         nodes, queries = with_zero_row(features), with_zero_row(self.query(features))
-        radial_output = tf.cast(self.radial_output, self.compute_dtype)
-        key_columns, value_columns = np.asarray(self._key_columns), np.asarray(self._value_columns)
+        key_w, value_w = self._key_value_weights()
         ordered = self.implementation == "so2"
-        if ordered:  # the SO(2) plans' column order, gathered once rather than in every chunk
-            key_columns = key_columns[self._so2_plans["key"].column_order]
-            value_columns = value_columns[self._so2_plans["value"].column_order]
-        key_w = tf.gather(radial_output, key_columns, axis=1)
-        value_w = tf.gather(radial_output, value_columns, axis=1)
 
         def keys_block(s, r, y, hh, x, q, w):  # a chunk's edges -> logits [C, heads]
             keys = self._edge_products(tf.gather(x, s), y, hh, w, "key", ordered)
@@ -375,6 +444,7 @@ class SE3Attention(EdgeFilterLayer):
         slots, sender_slots, query = pad_to_blocks(n, num_edges, chunk, slots, sender_slots, self.query(features))
         order, inverse, block_slots = degree_order(slots, num_edges, chunk)
         slots, sender_slots, query = (tfe_ops.gather(t, order) for t in (slots, sender_slots, query))
+        unpadded = (features, sh, h)
         features, sh, h = with_zero_row(features), with_zero_row(sh), with_zero_row(h)
         occupied = tf.cast(tf.less(slots, num_edges), self.compute_dtype)  # [N_pad, K]
 
@@ -402,7 +472,10 @@ class SE3Attention(EdgeFilterLayer):
             (1, 1, 1, None, 1), (tf.cast(self.radial_output, self.compute_dtype),), chunk, self.irreps_out.dim,
             self.compute_dtype, block_slots, k,
         )
-        return tfe_ops.gather(out, inverse)[:n]
+        out = tfe_ops.gather(out, inverse)[:n]
+        if self.max_neighbors is not None and _in_xla_context():
+            out = self._over_full_receivers(*unpadded, graph, out)
+        return out
 
     def call(self, features, graph):
         ops = keras.ops
