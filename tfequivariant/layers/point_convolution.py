@@ -20,13 +20,13 @@ from tfequivariant.layers._receiver_blocks import (
     with_zero_row,
 )
 from tfequivariant.layers.self_interaction import SelfInteraction, parse_irreps
-from tfequivariant.spherical_harmonics import _in_xla_context
 from tfequivariant.layers.tensor_product import (
     fully_connected_instructions,
     plan_instructions,
     radial_path_weights,
     tensor_product,
 )
+from tfequivariant.spherical_harmonics import _in_xla_context
 
 __all__ = ["PointConvolution", "second_moment_constant"]
 
@@ -215,6 +215,7 @@ class PointConvolution(EdgeFilterLayer):
         n = tfe_ops.num_nodes(graph["positions"])
         slots, sender_slots = receiver_layout(graph, n, self.max_neighbors, "PointConvolution")  # [N, K]
         num_edges = tf.shape(sh)[0]
+
         def dropped(layout, rows=(features, sh, h)):  # XLA only: the edges an over-full neighbour list left out
             if self.max_neighbors is None or not _in_xla_context():
                 return 0.0

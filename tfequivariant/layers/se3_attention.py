@@ -21,13 +21,13 @@ from tfequivariant.layers._receiver_blocks import (
 )
 from tfequivariant.layers._so2 import SO2Plan, edge_frame, so2_products
 from tfequivariant.layers.self_interaction import SelfInteraction, parse_irreps
-from tfequivariant.spherical_harmonics import _in_xla_context
 from tfequivariant.layers.tensor_product import (
     fully_connected_instructions,
     plan_instructions,
     radial_path_weights,
     tensor_product,
 )
+from tfequivariant.spherical_harmonics import _in_xla_context
 
 __all__ = ["SE3Attention", "segment_softmax"]
 
