@@ -9,7 +9,10 @@ loop over blocks that recomputes each block in the backward pass.
 from tfequivariant import ops as tfe_ops
 
 __all__ = ["receiver_layout", "with_zero_row", "pad_to_blocks", "map_blocks", "degree_order", "map_blocks_by_degree",
-           "num_slots", "dropped_edges", "compact_edges", "looped_sum"]
+           "num_slots", "dropped_edges", "compact_edges", "edge_chunks", "looped_sum"]
+
+# Edges per step of the loops over the edges an over-full neighbour list dropped (XLA only).
+EDGE_CHUNK = 256
 
 
 def receiver_layout(graph, num_nodes, max_neighbors, where="receiver_layout"):
@@ -81,7 +84,32 @@ def compact_edges(selected):
     position = tf.where(selected, tf.cumsum(tf.cast(selected, "int32")) - 1, num_edges)  # the rest go to entry E
     ids = tf.tensor_scatter_nd_update(tf.fill(tf.reshape(num_edges + 1, (1,)), num_edges), position[:, None],
                                       tf.range(num_edges))
-    return ids[:num_edges], count
+    return ids[:-1], count  # [:-1], not [:num_edges]: keeps a static length static
+
+
+def edge_chunks(ids, count, graph, num_nodes, num_edges, size=EDGE_CHUNK):
+    """The edges listed first in ``ids`` (``compact_edges``), ``size`` at a time, for ``looped_sum``.
+
+    Returns:
+        ``(chunk, trips, max_trips)``: ``chunk(i) -> (edges, senders, receivers)``, each
+        ``[size]`` int32, of step ``i``, the entries past ``count`` pointing at the zero rows
+        (edge ``E``, node ``N``) that ``with_zero_row`` appends; ``trips`` the number of steps
+        (0 when ``count`` is 0); ``max_trips`` its static bound when ``ids``' length is static.
+    """
+    import tensorflow as tf
+
+    static_edges = ids.shape[0]
+    ids = tf.pad(ids, [[0, size]], constant_values=num_edges)  # a whole chunk from any start below count
+    pad = tf.reshape(tf.cast(num_nodes, "int32"), (1,))
+    senders = tf.concat([tf.cast(graph["senders"], "int32"), pad], axis=0)
+    receivers = tf.concat([tf.cast(graph["receivers"], "int32"), pad], axis=0)
+
+    def chunk(i):
+        e = tf.slice(ids, tf.reshape(i * size, (1,)), [size])
+        return e, tf.gather(senders, e), tf.gather(receivers, e)
+
+    max_trips = None if static_edges is None else max(1, -(-static_edges // size))
+    return chunk, (count + size - 1) // size, max_trips
 
 
 def looped_sum(step, inputs, zeros, trips, max_trips=None):

@@ -12,6 +12,7 @@ from tfequivariant.layers._so2 import SO2Plan, edge_frame, so2_products
 from tfequivariant.layers._receiver_blocks import (
     degree_order,
     dropped_edges,
+    edge_chunks,
     looped_sum,
     map_blocks_by_degree,
     num_slots,
@@ -31,9 +32,6 @@ from tfequivariant.spherical_harmonics import _in_xla_context
 __all__ = ["PointConvolution", "second_moment_constant"]
 
 _IMPLEMENTATIONS = ("per_node", "per_edge", "so2")
-
-# Edges per step of the loop over the edges an over-full neighbour list dropped (XLA only).
-_DROPPED_CHUNK = 256
 
 
 @keras.saving.register_keras_serializable(package="tfequivariant")
@@ -215,13 +213,13 @@ class PointConvolution(EdgeFilterLayer):
         n = tfe_ops.num_nodes(graph["positions"])
         slots, sender_slots = receiver_layout(graph, n, self.max_neighbors, "PointConvolution")  # [N, K]
         num_edges = tf.shape(sh)[0]
+        features, sh, h = with_zero_row(features), with_zero_row(sh), with_zero_row(h)
 
-        def dropped(layout, rows=(features, sh, h)):  # XLA only: the edges an over-full neighbour list left out
+        def dropped(layout):  # XLA only: the edges an over-full neighbour list left out
             if self.max_neighbors is None or not _in_xla_context():
                 return 0.0
-            return self._dropped_edge_messages(*rows, graph, layout)
+            return self._dropped_edge_messages(features, sh, h, graph, layout)
 
-        features, sh, h = with_zero_row(features), with_zero_row(sh), with_zero_row(h)
         weights = last_layer_weights(self._plan, self.radial_output, self.compute_dtype)
 
         def neighbour_last(rows, index):  # [M, K] indices -> [M, D, K] padded rows
@@ -256,12 +254,13 @@ class PointConvolution(EdgeFilterLayer):
         return tfe_ops.gather(out, inverse)[:n] + correction
 
     def _dropped_edge_messages(self, features, sh, h, graph, slots):
-        """The summed messages of the edges that ``slots`` dropped, ``[N, irreps_out.dim]``.
+        """The summed messages of the edges that ``slots`` dropped, ``[N, irreps_out.dim]``
+        (``features``, ``sh``, ``h``: the rows with ``with_zero_row``'s zero row).
 
         Under XLA the neighbour layout cannot raise for a node with more unmasked edges than
         ``max_neighbors``: its extra edges get no slot. They are not lost: this adds their
         messages, computed per edge (as ``implementation="per_edge"``) in a loop over chunks
-        of ``_DROPPED_CHUNK`` dropped edges that runs zero times when every node fits, which
+        of ``EDGE_CHUNK`` dropped edges that runs zero times when every node fits, which
         is then the only cost (a scatter and a cumulative sum over the edges, and in the
         backward pass zero gradients of the edge rows). ``looped_sum`` gives the loop its own
         gradients, of any order, each a loop over the same chunks, so nothing per edge is kept.
@@ -269,30 +268,20 @@ class PointConvolution(EdgeFilterLayer):
         import tensorflow as tf
 
         n = tfe_ops.num_nodes(graph["positions"])
-        num_edges = tf.shape(sh)[0]
+        num_edges = tf.shape(sh)[0] - 1
         ids, count = dropped_edges(slots, num_edges, graph.get("edge_mask"))
-        size = _DROPPED_CHUNK
-        static_edges = sh.shape[0]
-        max_trips = None if static_edges is None else max(1, -(-static_edges // size))
-        ids = tf.pad(ids, [[0, size]], constant_values=num_edges)  # a whole chunk from any start below count
-        trips = (count + size - 1) // size
-        senders = tf.concat([tf.cast(graph["senders"], "int32"), tf.reshape(tf.cast(n, "int32"), (1,))], axis=0)
-        receivers = tf.concat([tf.cast(graph["receivers"], "int32"), tf.reshape(tf.cast(n, "int32"), (1,))], axis=0)
+        chunk, trips, max_trips = edge_chunks(ids, count, graph, n, num_edges)
         instructions, dtype = self.instructions, self.compute_dtype
-
-        def messages(x, y, hh, w):
-            return tensor_product(self.irreps_in.split(x), self.irreps_sh.split(y),
-                                  radial_path_weights(hh, w, instructions), instructions, self.irreps_out, (-1,),
-                                  dtype, shared=False)
+        zeros = tf.zeros(tf.stack([n + 1, self.irreps_out.dim]), dtype)
 
         def step(i, x_all, y_all, h_all, w):  # one chunk's messages, summed into their receivers [N + 1, out]
-            e = tf.slice(ids, tf.reshape(i * size, (1,)), [size])
-            s, r = tf.gather(senders, e), tf.gather(receivers, e)
-            msg = messages(tf.gather(x_all, s), tf.gather(y_all, e), tf.gather(h_all, e), w)
-            return [tf.tensor_scatter_nd_add(tf.zeros(tf.stack([n + 1, self.irreps_out.dim]), dtype), r[:, None], msg)]
+            e, s, r = chunk(i)
+            msg = tensor_product(self.irreps_in.split(tf.gather(x_all, s)), self.irreps_sh.split(tf.gather(y_all, e)),
+                                 radial_path_weights(tf.gather(h_all, e), w, instructions), instructions,
+                                 self.irreps_out, (-1,), dtype, shared=False)
+            return [tf.tensor_scatter_nd_add(zeros, r[:, None], msg)]
 
-        rows = [with_zero_row(features), with_zero_row(sh), with_zero_row(h), tf.cast(self.radial_output, dtype)]
-        (out,) = looped_sum(step, rows, [tf.zeros(tf.stack([n + 1, self.irreps_out.dim]), dtype)], trips, max_trips)
+        (out,) = looped_sum(step, [features, sh, h, tf.cast(self.radial_output, dtype)], [zeros], trips, max_trips)
         return out[:-1]
 
     def _per_edge(self, features, graph, sh, h):

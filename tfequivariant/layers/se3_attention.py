@@ -11,6 +11,7 @@ from tfequivariant.layers._edge_filter import EdgeFilterLayer, check_positive_in
 from tfequivariant.layers._receiver_blocks import (
     compact_edges,
     degree_order,
+    edge_chunks,
     looped_sum,
     map_blocks,
     map_blocks_by_degree,
@@ -307,9 +308,10 @@ class SE3Attention(EdgeFilterLayer):
             value_columns = value_columns[self._so2_plans["value"].column_order]
         return tf.gather(radial_output, key_columns, axis=1), tf.gather(radial_output, value_columns, axis=1)
 
-    def _over_full_receivers(self, features, sh, h, graph, blocked):
+    def _over_full_receivers(self, features, sh, h, queries, graph, blocked):
         """``blocked [N, irreps_out.dim]`` with the rows of the receivers that have more unmasked
-        edges than ``max_neighbors`` replaced by their exact attention (XLA only).
+        edges than ``max_neighbors`` replaced by their exact attention (XLA only; ``features``,
+        ``sh``, ``h``, ``queries``: the rows with ``with_zero_row``'s zero row).
 
         Under XLA the layout cannot raise and leaves such a receiver's extra edges out; its
         softmax needs all of them, so its output is recomputed over all its edges: the keys and
@@ -320,7 +322,7 @@ class SE3Attention(EdgeFilterLayer):
         import tensorflow as tf
 
         n = tfe_ops.num_nodes(graph["positions"])
-        num_edges = tf.shape(sh)[0]
+        num_edges = tf.shape(sh)[0] - 1
         receivers = tf.cast(graph["receivers"], "int32")
         keep = tf.ones_like(receivers, dtype="bool")
         if graph.get("edge_mask") is not None:
@@ -329,40 +331,27 @@ class SE3Attention(EdgeFilterLayer):
         over_full = degree > self.max_neighbors  # [N]
         selected = tf.logical_and(keep, tf.gather(over_full, receivers))
         ids, count = compact_edges(selected)
-        size = 256
-        static_edges = sh.shape[0]
-        max_trips = None if static_edges is None else max(1, -(-static_edges // size))
-        ids = tf.pad(ids, [[0, size]], constant_values=num_edges)
-        trips = (count + size - 1) // size
-        pad_n = tf.reshape(tf.cast(n, "int32"), (1,))
-        senders_z = tf.concat([tf.cast(graph["senders"], "int32"), pad_n], axis=0)
-        receivers_z = tf.concat([receivers, pad_n], axis=0)
+        chunk, trips, max_trips = edge_chunks(ids, count, graph, n, num_edges)
         key_w, value_w = self._key_value_weights()
-        ordered, dtype, heads = self.implementation == "so2", self.compute_dtype, self.num_heads
-
-        def chunk(i):
-            e = tf.slice(ids, tf.reshape(i * size, (1,)), [size])
-            return e, tf.gather(senders_z, e), tf.gather(receivers_z, e)
+        ordered, dtype = self.implementation == "so2", self.compute_dtype
+        no_logits = tf.zeros(tf.stack([num_edges + 1, self.num_heads]), dtype)
+        no_values = tf.zeros(tf.stack([n + 1, self.irreps_out.dim]), dtype)
 
         def logits_step(i, x, y, hh, q, w):  # [E + 1, heads], the chunk's rows filled
             e, s, r = chunk(i)
             keys = self._edge_products(tf.gather(x, s), tf.gather(y, e), tf.gather(hh, e), w, "key", ordered)
-            return [tf.tensor_scatter_nd_add(tf.zeros(tf.stack([num_edges + 1, heads]), dtype), e[:, None],
-                                             self._logits(tf.gather(q, r) * keys))]
+            return [tf.tensor_scatter_nd_add(no_logits, e[:, None], self._logits(tf.gather(q, r) * keys))]
 
-        rows = [with_zero_row(features), with_zero_row(sh), with_zero_row(h)]
-        (logits,) = looped_sum(logits_step, rows + [with_zero_row(self.query(features)), key_w],
-                               [tf.zeros(tf.stack([num_edges + 1, heads]), dtype)], trips, max_trips)
+        (logits,) = looped_sum(logits_step, [features, sh, h, queries, key_w], [no_logits], trips, max_trips)
         alpha = segment_softmax(logits[:num_edges], receivers, n, tf.cast(selected, dtype))
 
         def values_step(i, x, y, hh, a, w):  # [N + 1, out], the chunk's receivers' rows summed
             e, s, r = chunk(i)
             values = self._edge_products(tf.gather(x, s), tf.gather(y, e), tf.gather(hh, e), w, "value", ordered)
-            return [tf.tensor_scatter_nd_add(tf.zeros(tf.stack([n + 1, self.irreps_out.dim]), dtype), r[:, None],
-                                             self._weighted_values(tf.gather(a, e), values))]
+            return [tf.tensor_scatter_nd_add(no_values, r[:, None], self._weighted_values(tf.gather(a, e), values))]
 
-        (exact,) = looped_sum(values_step, rows + [with_zero_row(alpha), value_w],
-                              [tf.zeros(tf.stack([n + 1, self.irreps_out.dim]), dtype)], trips, max_trips)
+        (exact,) = looped_sum(values_step, [features, sh, h, with_zero_row(alpha), value_w], [no_values], trips,
+                              max_trips)
         return tf.where(over_full[:, None], exact[:-1], blocked)
 
     def _edge_chunked(self, features, graph, sh, h, mask):
@@ -441,10 +430,10 @@ class SE3Attention(EdgeFilterLayer):
         k = num_slots(slots)
         num_edges = tf.shape(sh)[0]
         chunk = self.node_chunk
-        slots, sender_slots, query = pad_to_blocks(n, num_edges, chunk, slots, sender_slots, self.query(features))
+        queries = self.query(features)
+        slots, sender_slots, query = pad_to_blocks(n, num_edges, chunk, slots, sender_slots, queries)
         order, inverse, block_slots = degree_order(slots, num_edges, chunk)
         slots, sender_slots, query = (tfe_ops.gather(t, order) for t in (slots, sender_slots, query))
-        unpadded = (features, sh, h)
         features, sh, h = with_zero_row(features), with_zero_row(sh), with_zero_row(h)
         occupied = tf.cast(tf.less(slots, num_edges), self.compute_dtype)  # [N_pad, K]
 
@@ -474,7 +463,7 @@ class SE3Attention(EdgeFilterLayer):
         )
         out = tfe_ops.gather(out, inverse)[:n]
         if self.max_neighbors is not None and _in_xla_context():
-            out = self._over_full_receivers(*unpadded, graph, out)
+            out = self._over_full_receivers(features, sh, h, with_zero_row(queries), graph, out)
         return out
 
     def call(self, features, graph):
