@@ -799,7 +799,7 @@ def test_xla_over_full_neighbour_lists_lose_no_edge(monkeypatch, implementation)
     for i, (g, e) in enumerate(zip(got, expected)):
         assert np.abs(_np(e)).max() > 1e-6, i
         _assert_close(g, e, 1e-12, f"output/gradient {i}")
-    monkeypatch.setattr(se3_attention, "_in_xla_context", lambda: False)
+    monkeypatch.setattr(se3_attention, "in_xla_context", lambda: False)
     dropped = tf.function(lambda f, g: small(f, g), jit_compile=True)(tf.constant(features), graph)
     assert np.abs(_np(dropped) - _np(expected[0])).max() > 1e-3 * np.abs(_np(expected[0])).max()
 

@@ -375,7 +375,7 @@ def test_xla_layout_is_used_and_keeps_batch_dimensions():
     seen = []
 
     def fn(v):
-        seen.append(sh._in_xla_context())
+        seen.append(sh.in_xla_context())
         return spherical_harmonics([0, 1, 2], v, normalization="component")
 
     x = tf.constant(random_vectors(12, seed=3)[:12].reshape(2, 6, 3), tf.float32)

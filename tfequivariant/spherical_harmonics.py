@@ -21,6 +21,7 @@ from fractions import Fraction
 import keras
 import numpy as np
 
+from tfequivariant._xla import in_xla_context
 from tfequivariant.irreps import Irreps
 
 __all__ = ["spherical_harmonics", "sh_irreps"]
@@ -256,26 +257,6 @@ def spherical_harmonics(l, x, normalize=True, normalization="integral"):
     return keras.ops.convert_to_numpy(y) if was_numpy else y
 
 
-def _in_xla_context():
-    """Whether the op being traced will be compiled by XLA (``jit_compile=True``).
-
-    The output layout that is fastest under XLA (see ``_harmonics_flat``) costs
-    extra kernels in eager and plain graph mode, so the layout depends on it.
-    Private TensorFlow API: on any failure we assume no XLA, which is only slower.
-    """
-    if keras.backend.backend() != "tensorflow":
-        return False
-    try:
-        import tensorflow as tf
-        from tensorflow.python.ops import control_flow_util
-
-        if tf.executing_eagerly():
-            return False
-        return bool(control_flow_util.GraphOrParentsInXlaContext(tf.compat.v1.get_default_graph()))
-    except Exception:  # pragma: no cover - depends on TensorFlow internals
-        return False
-
-
 # Up to this many output columns, XLA writes the output fastest as a sum of
 # component * one-hot row (one fused loop, no concatenate of [N, 1] slices);
 # beyond it the repeated evaluation costs more than the concatenate saves.
@@ -422,7 +403,7 @@ def _blocks(x_, y_, z_, lmax, normalization):
 def _assemble(comps, like):
     """``[..., len(comps)]`` from components (tensors shaped like ``like``, or floats)."""
     ops = keras.ops
-    if len(comps) <= _ONE_HOT_MAX_COLUMNS and _in_xla_context():
+    if len(comps) <= _ONE_HOT_MAX_COLUMNS and in_xla_context():
         return _one_hot_sum(comps, like, expand=True)
     comps = [ops.full_like(like, c) if isinstance(c, float) else c for c in comps]
     return ops.stack(comps, axis=-1)
@@ -457,7 +438,7 @@ def _one_hot_sum(comps, like, expand):
 
 def _evaluate(x, ls, normalize, normalization):
     x_, y_, z_ = x[..., 0], x[..., 1], x[..., 2]
-    if normalize and max(ls) <= _TABLE_MAX_DEGREE and _in_xla_context():
+    if normalize and max(ls) <= _TABLE_MAX_DEGREE and in_xla_context():
         return _evaluate_broadcast(x_, y_, z_, ls, normalization)
     if normalize:
         x_, y_, z_, _ = _unit_vectors(x_, y_, z_)

@@ -6,6 +6,7 @@ import keras
 import numpy as np
 
 from tfequivariant import ops as tfe_ops
+from tfequivariant._xla import in_xla_context
 from tfequivariant.layers._edge_filter import EdgeFilterLayer, check_positive_int, second_moment_constant
 from tfequivariant.layers._per_node import PerNodePlan, last_layer_weights, per_node_convolution
 from tfequivariant.layers._so2 import SO2Plan, edge_frame, so2_products
@@ -27,7 +28,6 @@ from tfequivariant.layers.tensor_product import (
     radial_path_weights,
     tensor_product,
 )
-from tfequivariant.spherical_harmonics import _in_xla_context
 
 __all__ = ["PointConvolution", "second_moment_constant"]
 
@@ -216,7 +216,7 @@ class PointConvolution(EdgeFilterLayer):
         features, sh, h = with_zero_row(features), with_zero_row(sh), with_zero_row(h)
 
         def dropped(layout):  # XLA only: the edges an over-full neighbour list left out
-            if self.max_neighbors is None or not _in_xla_context():
+            if self.max_neighbors is None or not in_xla_context():
                 return 0.0
             return self._dropped_edge_messages(features, sh, h, graph, layout)
 

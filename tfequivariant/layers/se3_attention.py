@@ -6,6 +6,7 @@ import keras
 import numpy as np
 
 from tfequivariant import ops as tfe_ops
+from tfequivariant._xla import in_xla_context
 from tfequivariant.irreps import Irreps
 from tfequivariant.layers._edge_filter import EdgeFilterLayer, check_positive_int
 from tfequivariant.layers._receiver_blocks import (
@@ -28,7 +29,6 @@ from tfequivariant.layers.tensor_product import (
     radial_path_weights,
     tensor_product,
 )
-from tfequivariant.spherical_harmonics import _in_xla_context
 
 __all__ = ["SE3Attention", "segment_softmax"]
 
@@ -462,7 +462,7 @@ class SE3Attention(EdgeFilterLayer):
             self.compute_dtype, block_slots, k,
         )
         out = tfe_ops.gather(out, inverse)[:n]
-        if self.max_neighbors is not None and _in_xla_context():
+        if self.max_neighbors is not None and in_xla_context():
             out = self._over_full_receivers(features, sh, h, with_zero_row(queries), graph, out)
         return out
 
