@@ -247,7 +247,7 @@ def slot_tiers(max_slots, num_tiers=4):
 
 
 def map_blocks_by_degree(block, per_receiver, slot_axes, shared, chunk, width, dtype, block_slots, max_slots,
-                         num_tiers=4):
+                         num_tiers=4, tables=None):
     """``map_blocks`` over receivers sorted by in-degree, each block using only the slots it needs.
 
     A block of receivers with at most ``d`` incoming edges runs ``block`` on the
@@ -256,17 +256,27 @@ def map_blocks_by_degree(block, per_receiver, slot_axes, shared, chunk, width, d
     the receivers sorted by degree (``degree_order``) the padding of a block is at
     most ``K / 4`` slots instead of ``K`` minus its degree. Same numbers as
     ``map_blocks`` (the dropped slots are empty), and the same memory: the
-    backward pass recomputes each block under the same switch, the gradients of
-    the per-receiver inputs padded back to ``K`` slots.
+    backward pass recomputes each block under the same switch.
+
+    Rows looked up through the slots (sender features, edge harmonics, radial
+    features) are best passed as ``tables``: each block then gathers its own rows,
+    so the padded ``[M, K, ...]`` copies of the whole graph never exist in the
+    forward pass (at 100k nodes they were most of the memory), and the backward
+    pass collects each block's row gradients, padded back to ``K`` slots, and
+    adds them into the tables' gradients with one segment sum after the loop.
 
     Args:
         block, shared, chunk, width, dtype: as ``map_blocks``.
-        per_receiver: tensors with a leading whole number of blocks, most with a slot axis.
+        per_receiver: tensors with a leading whole number of blocks, most with a slot axis;
+            float, except the indices of ``tables``.
         slot_axes: the slot axis of each ``per_receiver`` tensor (>= 1), or None for one
             without (per-receiver rows such as queries, passed whole to every tier).
         block_slots: ``[num_blocks]`` slots in use per block (``degree_order``).
         max_slots: ``K`` (int, or a scalar tensor when only known at run time).
         num_tiers: number of slot counts (``slot_tiers``).
+        tables: None, or one entry per ``per_receiver`` tensor: None, or rows ``[R, ...]``;
+            that ``per_receiver`` tensor then holds int32 row indices ``[M, K]`` (slot axis
+            1) and ``block`` receives the rows they select, ``[chunk, T, ...]``.
 
     Returns:
         ``[num_blocks * chunk, width]``. No gradients of gradients.
@@ -278,38 +288,80 @@ def map_blocks_by_degree(block, per_receiver, slot_axes, shared, chunk, width, d
         tf.cast(block_slots[:, None] <= tf.stack([tf.cast(t, "int32") for t in tiers])[None, :], "int32"), axis=1
     ) - 1
     n_args = len(per_receiver)
+    tables = [None] * n_args if tables is None else list(tables)
+    looked_up = [i for i, rows in enumerate(tables) if rows is not None]
+    n_rows = len(looked_up)
 
-    def sliced(args, t):
-        return [_take_slots(x, axis, tiers[t]) for x, axis in zip(args, slot_axes)]
-
-    def padded(grads, t):
-        return [_pad_slots(g, axis, max_slots - tiers[t]) for g, axis in zip(grads, slot_axes)]
+    def inputs_of(args, rows, t):  # a block's inputs on tier t's slots, the table rows gathered
+        xs = [_take_slots(x, axis, tiers[t]) for x, axis in zip(args, slot_axes)]
+        for j, i in enumerate(looked_up):
+            xs[i] = tf.gather(rows[j], xs[i])
+        return xs
 
     @tf.custom_gradient
-    def run(tier, *inputs):
-        args, weights = list(inputs[:n_args]), list(inputs[n_args:])
-        out = _switch(tier, [(lambda t=t: block(*sliced(args, t), *weights)) for t in range(len(tiers))])
+    def mapped(*inputs):
+        args, rows, weights = list(inputs[:n_args]), list(inputs[n_args:n_args + n_rows]), list(inputs[n_args + n_rows:])
 
-        def grad(dout):
-            def branch(t):
-                def g():
-                    xs = sliced(args, t)
-                    with tf.GradientTape() as tape:
-                        tape.watch(xs + weights)
-                        o = block(*xs, *weights)
-                    gs = tape.gradient(o, xs + weights, output_gradients=dout,
-                                       unconnected_gradients=tf.UnconnectedGradients.ZERO)
-                    return padded(gs[:n_args], t) + [tf.convert_to_tensor(w) for w in gs[n_args:]]
-                return g
+        def forward(e):
+            block_args, tier = list(e[:-1]), e[-1]
+            return _switch(tier, [(lambda t=t: block(*inputs_of(block_args, rows, t), *weights))
+                                  for t in range(len(tiers))])
 
-            grads = _switch(tier, [branch(t) for t in range(len(tiers))])
-            return [None] + [_no_second_order(g) for g in grads]
+        blocks_in = tuple(_blocks(x, chunk) for x in args) + (tier_of_block,)
+        out = tf.map_fn(forward, blocks_in, fn_output_signature=tf.TensorSpec((chunk, width), dtype))
+
+        def grad(d_blocks):  # [num_blocks, chunk, width], as map_fn's output
+
+            def block_grads(i):  # the block's input gradients (slots padded back to K) and weight gradients
+                block_args = [x[i] for x in blocks_in[:-1]]
+
+                def branch(t):
+                    def g():
+                        xs = inputs_of(block_args, rows, t)
+                        with tf.GradientTape() as tape:
+                            tape.watch(xs + weights)
+                            o = block(*xs, *weights)
+                        gs = tape.gradient(o, xs + weights, output_gradients=d_blocks[i],
+                                           unconnected_gradients=tf.UnconnectedGradients.ZERO)
+                        gs = [tf.convert_to_tensor(v) for v in gs]
+                        padded = [_pad_slots(v, axis, max_slots - tiers[t]) for v, axis in zip(gs[:n_args], slot_axes)]
+                        return padded + gs[n_args:]
+                    return g
+
+                return _switch(blocks_in[-1][i], [branch(t) for t in range(len(tiers))])
+
+            def body(i, stacked, sums):
+                gs = block_grads(i)
+                return (i + 1, [a.write(i, v) for a, v in zip(stacked, gs[:n_args])],
+                        [a + v for a, v in zip(sums, gs[n_args:])])
+
+            num_blocks = tf.shape(tier_of_block)[0]
+            k = max_slots if isinstance(max_slots, int) else None
+            stacked = []
+            for i, x in enumerate(args):  # one block's gradient each: [chunk, K, row...] or [chunk, ...] like x
+                if i in looked_up:
+                    x = rows[looked_up.index(i)]
+                    shape = tf.TensorShape([chunk, k]).concatenate(x.shape[1:])
+                else:
+                    shape = tf.TensorShape([chunk]).concatenate(x.shape[1:])
+                stacked.append(tf.TensorArray(x.dtype, size=num_blocks, element_shape=shape))
+            sums = [tf.zeros_like(w) for w in weights]
+            _, stacked, sums = tf.while_loop(lambda i, *_: i < num_blocks, body, (tf.constant(0), stacked, sums))
+            per_block = [a.stack() for a in stacked]  # [num_blocks, chunk, ...]
+            arg_grads = [None] * n_args
+            for i in range(n_args):
+                if i not in looked_up:
+                    arg_grads[i] = tf.reshape(per_block[i], tf.shape(args[i]))
+            row_grads = []
+            for j, i in enumerate(looked_up):  # the gathered rows' gradients, added into their tables at once
+                g = per_block[i]
+                g = tf.reshape(g, tf.concat([[-1], tf.shape(g)[3:]], axis=0))
+                row_grads.append(tf.math.unsorted_segment_sum(g, tf.reshape(args[i], (-1,)), tf.shape(rows[j])[0]))
+            return [None if g is None else _no_second_order(g) for g in arg_grads + row_grads + sums]
 
         return out, grad
 
-    out = tf.map_fn(lambda e: run(e[-1], *e[:-1], *shared),
-                    tuple(_blocks(rows, chunk) for rows in per_receiver) + (tier_of_block,),
-                    fn_output_signature=tf.TensorSpec((chunk, width), dtype))
+    out = mapped(*per_receiver, *[tables[i] for i in looked_up], *shared)
     return tf.reshape(out, (-1, width))
 
 

@@ -235,9 +235,9 @@ class PointConvolution(EdgeFilterLayer):
         # node blocks of `chunk` receivers, one after the other; the backward pass recomputes
         # each block's products instead of keeping them, so memory is O(chunk * K), and blocks
         # of 8-16 receivers keep each block's products in cache (BENCHMARKS.md, session 7).
-        # The rows are gathered and put neighbour-last once for the whole graph, outside the
-        # loop: transposed inside, the gradient of each block's input was scattered back
-        # through a transpose in every iteration.
+        # Each block gathers its own rows (map_blocks_by_degree's tables), so the padded [N, K, D]
+        # copies of the whole graph exist in neither pass; the backward pass stacks each block's
+        # row gradients and adds them into the rows with one segment sum after the loop.
         # Receivers sorted by in-degree, so that a block of similar degrees runs on the slots it
         # needs (rounded up to a quarter of K) instead of all K: on the benchmark's uniform graph
         # (K = 51, mean degree 32) the empty slots are 37 % of the blocks' work otherwise.
@@ -247,9 +247,10 @@ class PointConvolution(EdgeFilterLayer):
         slots, sender_slots = tfe_ops.gather(slots, order), tfe_ops.gather(sender_slots, order)
         k = num_slots(slots)
         out = map_blocks_by_degree(
-            lambda x, y, hh, *w: per_node_convolution(self._plan, x, y, hh, w),
-            (neighbour_last(features, sender_slots), neighbour_last(sh, slots), tfe_ops.gather(h, slots)),
-            (2, 2, 1), weights, chunk, self.irreps_out.dim, self.compute_dtype, block_slots, k,
+            lambda x, y, hh, *w: per_node_convolution(
+                self._plan, tf.transpose(x, (0, 2, 1)), tf.transpose(y, (0, 2, 1)), hh, w),
+            (sender_slots, slots, slots), (1, 1, 1), weights, chunk, self.irreps_out.dim, self.compute_dtype,
+            block_slots, k, tables=(features, sh, h),
         )
         return tfe_ops.gather(out, inverse)[:n] + correction
 

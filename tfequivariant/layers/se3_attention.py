@@ -455,11 +455,9 @@ class SE3Attention(EdgeFilterLayer):
             return tf.reduce_sum(tf.reshape(weighted, (chunk, t, self.irreps_out.dim)), axis=1)
 
         out = map_blocks_by_degree(
-            block,
-            (tfe_ops.gather(features, sender_slots), tfe_ops.gather(sh, slots), tfe_ops.gather(h, slots), query,
-             occupied),
-            (1, 1, 1, None, 1), (tf.cast(self.radial_output, self.compute_dtype),), chunk, self.irreps_out.dim,
-            self.compute_dtype, block_slots, k,
+            block, (sender_slots, slots, slots, query, occupied), (1, 1, 1, None, 1),
+            (tf.cast(self.radial_output, self.compute_dtype),), chunk, self.irreps_out.dim, self.compute_dtype,
+            block_slots, k, tables=(features, sh, h, None, None),
         )
         out = tfe_ops.gather(out, inverse)[:n]
         if self.max_neighbors is not None and in_xla_context():
