@@ -568,12 +568,14 @@ def code_version():
     def git(*cmd):
         try:
             return subprocess.run(["git", "--no-optional-locks", *cmd], cwd=root, capture_output=True, text=True,
-                                  timeout=30).stdout.strip()
+                                  timeout=30).stdout
         except (OSError, subprocess.SubprocessError):
             return ""
 
-    return {"commit": git("rev-parse", "--short", "HEAD") or None,
-            "modified": [line[3:] for line in git("status", "--porcelain", "--", "tfequivariant").splitlines()],
+    # porcelain lines are "XY path": not stripped, or the first line's leading blank shifts its path
+    return {"commit": git("rev-parse", "--short", "HEAD").strip() or None,
+            "modified": [line[3:] for line in git("status", "--porcelain", "--", "tfequivariant").splitlines()
+                         if line.strip()],
             "tfequivariant_sha256": digest.hexdigest()[:16]}
 
 

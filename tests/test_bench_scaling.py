@@ -311,3 +311,18 @@ def test_status_cells():
         "does not fit (skipped)")
     assert sc.status_cell({"status": "timeout", "reason": "timed out after 3600 s"}) == "timeout"
     assert sc.status_cell({"status": "error", "reason": "ValueError"}) == "error"
+
+
+def test_code_version_keeps_the_whole_path_of_every_modified_file(monkeypatch):
+    # git's porcelain lines start with a two-letter status that may begin with a blank
+    porcelain = " M tfequivariant/layers/_receiver_blocks.py\nM  tfequivariant/ops.py\n?? tfequivariant/new.py\n"
+
+    def fake_run(argv, **kwargs):
+        out = porcelain if "status" in argv else "08a4e6c\n"
+        return subprocess.CompletedProcess(argv, 0, stdout=out, stderr="")
+
+    monkeypatch.setattr(subprocess, "run", fake_run)
+    code = sc.code_version()
+    assert code["commit"] == "08a4e6c"
+    assert code["modified"] == ["tfequivariant/layers/_receiver_blocks.py", "tfequivariant/ops.py",
+                                "tfequivariant/new.py"]
