@@ -94,8 +94,8 @@ class PointConvolution(EdgeFilterLayer):
             largest in-degree, computed at run time.
         implementation: ``"per_node"`` (default), ``"per_edge"`` or ``"so2"``.
         node_chunk: ``"per_node"`` only: process the receivers in blocks of this many
-            nodes, one block after another (``tf.map_fn``), and recompute each block's
-            products in the backward pass (``tf.recompute_grad``) instead of keeping them.
+            nodes, one block after another (``tf.map_fn``), each gathering its own rows, and
+            recompute each block's products in the backward pass instead of keeping them.
             Memory then grows with ``node_chunk * K`` instead of ``N * K``: what lets
             graphs of 100k nodes (3.2M edges) train on 24 GB. Under XLA, small blocks
             (8-16 nodes) are also faster, since one block's products stay in cache
