@@ -7,6 +7,7 @@ loop over blocks that recomputes each block in the backward pass.
 """
 
 from tfequivariant import ops as tfe_ops
+from tfequivariant._xla import in_xla_context
 
 __all__ = ["receiver_layout", "with_zero_row", "pad_to_blocks", "map_blocks", "degree_order", "map_blocks_by_degree",
            "num_slots", "dropped_edges", "compact_edges", "edge_chunks", "looped_sum"]
@@ -261,9 +262,11 @@ def map_blocks_by_degree(block, per_receiver, slot_axes, shared, chunk, width, d
     Rows looked up through the slots (sender features, edge harmonics, radial
     features) are best passed as ``tables``: each block then gathers its own rows,
     so the padded ``[M, K, ...]`` copies of the whole graph never exist in the
-    forward pass (at 100k nodes they were most of the memory), and the backward
-    pass collects each block's row gradients, padded back to ``K`` slots, and
-    adds them into the tables' gradients with one segment sum after the loop.
+    forward pass (at 100k nodes they were most of the memory). The backward pass
+    adds each block's row gradients into the tables' gradients: under XLA in the
+    loop carry, which XLA updates in place; elsewhere (TensorFlow's kernels would
+    copy the carry in every block) stacked, padded back to ``K`` slots, and added
+    with one segment sum after the loop.
 
     Args:
         block, shared, chunk, width, dtype: as ``map_blocks``.
@@ -330,31 +333,47 @@ def map_blocks_by_degree(block, per_receiver, slot_axes, shared, chunk, width, d
 
                 return _switch(blocks_in[-1][i], [branch(t) for t in range(len(tiers))])
 
-            def body(i, stacked, sums):
+            # under XLA each block's row gradients are added into the tables' gradients in the loop
+            # carry (XLA updates it in place); TensorFlow's kernels would copy the whole carry per
+            # block, so elsewhere they are stacked and summed once after the loop
+            in_place = in_xla_context()
+
+            def body(i, collected, sums):
                 gs = block_grads(i)
-                return (i + 1, [a.write(i, v) for a, v in zip(stacked, gs[:n_args])],
-                        [a + v for a, v in zip(sums, gs[n_args:])])
+                updated = []
+                for n, (c, v) in enumerate(zip(collected, gs[:n_args])):
+                    if in_place and n in looked_up:
+                        v = tf.reshape(v, tf.concat([[-1], tf.shape(c)[1:]], axis=0))
+                        updated.append(tf.tensor_scatter_nd_add(c, tf.reshape(blocks_in[n][i], (-1, 1)), v))
+                    else:
+                        updated.append(c.write(i, v))
+                return i + 1, updated, [a + v for a, v in zip(sums, gs[n_args:])]
 
             num_blocks = tf.shape(tier_of_block)[0]
             k = max_slots if isinstance(max_slots, int) else None
-            stacked = []
+            collected = []
             for i, x in enumerate(args):  # one block's gradient each: [chunk, K, row...] or [chunk, ...] like x
                 if i in looked_up:
                     x = rows[looked_up.index(i)]
+                    if in_place:
+                        collected.append(tf.zeros_like(x))
+                        continue
                     shape = tf.TensorShape([chunk, k]).concatenate(x.shape[1:])
                 else:
                     shape = tf.TensorShape([chunk]).concatenate(x.shape[1:])
-                stacked.append(tf.TensorArray(x.dtype, size=num_blocks, element_shape=shape))
+                collected.append(tf.TensorArray(x.dtype, size=num_blocks, element_shape=shape))
             sums = [tf.zeros_like(w) for w in weights]
-            _, stacked, sums = tf.while_loop(lambda i, *_: i < num_blocks, body, (tf.constant(0), stacked, sums))
-            per_block = [a.stack() for a in stacked]  # [num_blocks, chunk, ...]
+            _, collected, sums = tf.while_loop(lambda i, *_: i < num_blocks, body, (tf.constant(0), collected, sums))
             arg_grads = [None] * n_args
             for i in range(n_args):
                 if i not in looked_up:
-                    arg_grads[i] = tf.reshape(per_block[i], tf.shape(args[i]))
+                    arg_grads[i] = tf.reshape(collected[i].stack(), tf.shape(args[i]))
             row_grads = []
             for j, i in enumerate(looked_up):  # the gathered rows' gradients, added into their tables at once
-                g = per_block[i]
+                if in_place:
+                    row_grads.append(collected[i])
+                    continue
+                g = collected[i].stack()  # [num_blocks, chunk, K, row...]
                 g = tf.reshape(g, tf.concat([[-1], tf.shape(g)[3:]], axis=0))
                 row_grads.append(tf.math.unsorted_segment_sum(g, tf.reshape(args[i], (-1,)), tf.shape(rows[j])[0]))
             return [None if g is None else _no_second_order(g) for g in arg_grads + row_grads + sums]

@@ -236,8 +236,8 @@ class PointConvolution(EdgeFilterLayer):
         # each block's products instead of keeping them, so memory is O(chunk * K), and blocks
         # of 8-16 receivers keep each block's products in cache (BENCHMARKS.md, session 7).
         # Each block gathers its own rows (map_blocks_by_degree's tables), so the padded [N, K, D]
-        # copies of the whole graph exist in neither pass; the backward pass stacks each block's
-        # row gradients and adds them into the rows with one segment sum after the loop.
+        # copies of the whole graph are not kept; the backward pass adds each block's row
+        # gradients into the rows' (in the loop under XLA, else by one segment sum after it).
         # Receivers sorted by in-degree, so that a block of similar degrees runs on the slots it
         # needs (rounded up to a quarter of K) instead of all K: on the benchmark's uniform graph
         # (K = 51, mean degree 32) the empty slots are 37 % of the blocks' work otherwise.
