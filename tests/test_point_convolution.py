@@ -889,7 +889,10 @@ def _value_and_grads(layer, features, graph, cotangent, mode):
     return [_np(x) for x in f(tf.constant(features), tf.constant(graph["positions"]))]
 
 
-@pytest.mark.parametrize("node_chunk, mode", [(3, "eager"), (6, "function"), (3, "xla")])
+# the XLA case: 55 s of compilation; blocks under XLA with gradients are also
+# test_node_chunk_degree_tiers_equal_one_block_with_gradients[xla-12]'s and test_receiver_blocks' (default run)
+@pytest.mark.parametrize("node_chunk, mode", [(3, "eager"), (6, "function"),
+                                              pytest.param(3, "xla", marks=pytest.mark.slow)])
 def test_node_chunk_equals_one_block_with_gradients(node_chunk, mode):
     """Output and every gradient (features, positions, all weights) equal the unblocked layer's.
 

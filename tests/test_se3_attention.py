@@ -759,8 +759,10 @@ def _value_and_gradients(layer, features, graph, cotangent, mode):
 
 @pytest.mark.parametrize("chunking, mode",
                          [(dict(node_chunk=3), "eager"), (dict(node_chunk=2, max_neighbors=MAX_IN_DEGREE), "function"),
-                          (dict(node_chunk=3, max_neighbors=MAX_IN_DEGREE), "xla"), (dict(edge_chunk=5), "eager"),
-                          (dict(edge_chunk=4), "function"), (dict(edge_chunk=6), "xla")])
+                          # receiver blocks under XLA with gradients: also
+                          # test_node_chunk_degree_tiers_equal_unblocked_with_gradients[xla-12] (default run)
+                          pytest.param(dict(node_chunk=3, max_neighbors=MAX_IN_DEGREE), "xla", marks=pytest.mark.slow),
+                          (dict(edge_chunk=5), "eager"), (dict(edge_chunk=4), "function"), (dict(edge_chunk=6), "xla")])
 def test_chunks_equal_unchunked_with_gradients(chunking, mode):
     """Output and every gradient (features, positions, all weights) equal the unblocked layer's."""
     graph, features = _mask_attr_shifts_graph(), _features("2x0e+2x1o")
@@ -827,7 +829,10 @@ def test_node_chunk_degree_tiers_equal_unblocked_with_gradients(mode, max_neighb
 
 
 @pytest.mark.parametrize("chunking, mode",
-                         [(dict(), "eager"), (dict(), "xla"), (dict(node_chunk=3, max_neighbors=MAX_IN_DEGREE), "xla"),
+                         [(dict(), "eager"), (dict(), "xla"),
+                          # 70 s of XLA compilation; so2 receiver blocks under XLA with gradients are also
+                          # test_xla_over_full_neighbour_lists_lose_no_edge[so2]'s (default run)
+                          pytest.param(dict(node_chunk=3, max_neighbors=MAX_IN_DEGREE), "xla", marks=pytest.mark.slow),
                           (dict(edge_chunk=4), "function")])
 def test_so2_equals_per_edge_with_gradients(chunking, mode):
     """implementation="so2" (with and without chunks): output and every gradient equal the
