@@ -365,6 +365,7 @@ def test_conv_bench_node_chunk_runs_reach_the_layer(tmp_path):
     assert {r["variant"] for r in run_all.records_conv(json.loads(out.read_text()))} == {"per_node node_chunk=16"}
 
 
+@pytest.mark.slow  # about a minute: a chunked attention traced and compiled in fresh processes
 def test_attention_bench_chunk_modes(tmp_path):
     # "xla@16" runs SE3Attention(node_chunk=16) under XLA and "function@e64" SE3Attention(edge_chunk=64)
     # under tf.function: their own labels, their own run_all variants, and the worker builds the

@@ -889,9 +889,9 @@ def _value_and_grads(layer, features, graph, cotangent, mode):
     return [_np(x) for x in f(tf.constant(features), tf.constant(graph["positions"]))]
 
 
-# the XLA case: 55 s of compilation; blocks under XLA with gradients are also
-# test_node_chunk_degree_tiers_equal_one_block_with_gradients[xla-12]'s and test_receiver_blocks' (default run)
-@pytest.mark.parametrize("node_chunk, mode", [(3, "eager"), (6, "function"),
+# the tf.function and XLA cases: 39 and 55 s; blocks with gradients in both modes are also
+# test_node_chunk_degree_tiers_equal_one_block_with_gradients' and test_receiver_blocks' (default run)
+@pytest.mark.parametrize("node_chunk, mode", [(3, "eager"), pytest.param(6, "function", marks=pytest.mark.slow),
                                               pytest.param(3, "xla", marks=pytest.mark.slow)])
 def test_node_chunk_equals_one_block_with_gradients(node_chunk, mode):
     """Output and every gradient (features, positions, all weights) equal the unblocked layer's.
