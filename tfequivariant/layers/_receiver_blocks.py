@@ -279,7 +279,9 @@ def map_blocks_by_degree(block, per_receiver, slot_axes, shared, chunk, width, d
         num_tiers: number of slot counts (``slot_tiers``).
         tables: None, or one entry per ``per_receiver`` tensor: None, or rows ``[R, ...]``;
             that ``per_receiver`` tensor then holds int32 row indices ``[M, K]`` (slot axis
-            1) and ``block`` receives the rows they select, ``[chunk, T, ...]``.
+            1) and ``block`` receives the rows they select, ``[chunk, T, ...]``. Slots past a
+            block's tier are not read, so a row only they point at (the zero row of empty
+            slots, which the layers drop) gets no gradient from them.
 
     Returns:
         ``[num_blocks * chunk, width]``. No gradients of gradients.
