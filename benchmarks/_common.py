@@ -172,6 +172,48 @@ def reset_peak_rss():
         return False
 
 
+def release_free_memory():
+    """Hand the allocator's cached free pages back to the kernel; True if an allocator did.
+
+    tcmalloc (``MallocExtension_ReleaseFreeMemory``, when it is mapped into the process) and
+    glibc (``malloc_trim(0)``). Used before a "step memory" baseline (``serve``'s ``settle``),
+    so that pages kept free from the warm-up calls do not hide the memory a step needs.
+    """
+    import ctypes
+
+    gc.collect()
+    released = False
+    lib = ctypes.CDLL(None)
+    for name, args in (("MallocExtension_ReleaseFreeMemory", ()), ("malloc_trim", (ctypes.c_size_t(0),))):
+        fn = getattr(lib, name, None)
+        if fn is not None:
+            fn(*args)
+            released = True
+    return released
+
+
+TF_NO_ONEDNN_ENV = {"TF_ENABLE_ONEDNN_OPTS": "0"}
+
+
+def step_memory_measurable():
+    """Whether a step's own memory shows in the RSS after ``release_free_memory``.
+
+    Not in a TensorFlow process with oneDNN's operations on (TensorFlow's default on x86):
+    its CPU allocator then pools large blocks and never hands them back, so a warmed-up
+    process already holds the step's working memory and the step figure would read ~0.
+    ``TF_ENABLE_ONEDNN_OPTS=0`` (``TF_NO_ONEDNN_ENV``) gives TensorFlow plain malloc.
+    """
+    if "tensorflow" not in sys.modules:
+        return True
+    return os.environ.get("TF_ENABLE_ONEDNN_OPTS", "").strip().lower() in ("0", "false")
+
+
+def settled_rss_bytes():
+    """The RSS after ``release_free_memory``: the baseline of a step's own memory."""
+    release_free_memory()
+    return rss_bytes()
+
+
 class PeakRSS:
     """Context manager: peak resident memory inside the block, above a baseline.
 
@@ -437,17 +479,42 @@ def run_isolated(argv, env=None, timeout=None):
 # mode lives in its own warmed-up process and the driver asks each in turn for one timed
 # call, so all modes see the same load; idle workers block on a pipe and use no CPU.
 def serve(steps, finish=None):
-    """Worker side: answer ``call NAME`` and ``finish`` commands on stdin.
+    """Worker side: answer ``call NAME``, ``settle NAME`` and ``finish`` commands on stdin.
 
     Args:
         steps: dict ``name -> callable()``; ``call NAME`` times one call of it.
         finish: optional ``finish() -> dict`` merged into the final result.
 
-    The final result holds, per step name, the peak RSS above the RSS before the first
-    call of any step (``PeakRSS``), taken over that step's calls (warm-up included).
+    ``settle NAME`` (sent by ``interleaved_timings`` between a step's warm-up and its timed
+    calls) hands the allocator's free pages back (``release_free_memory``), takes the RSS as
+    the step's settled baseline and resets the high-water mark.
+
+    The final result holds, per step name (``memory``):
+
+    * ``peak_extra_bytes``: peak RSS over all of the step's calls (warm-up included) above the
+      RSS before the first call of any step: what running the step costs the process,
+      compilation and the compiled program included;
+    * ``timed_extra_bytes``: the same peak over the calls after ``settle`` only;
+    * ``step_extra_bytes``: the peak over the calls after ``settle`` above the settled RSS:
+      the memory one call needs on top of the warmed-up process (compiled program, weights
+      and inputs excluded). Absent when the step was never settled or where the process's
+      allocator keeps freed memory (``step_memory_measurable``).
     """
     base = rss_bytes()
-    memory, current, active = {}, None, None
+    memory, current, active, settled = {}, None, None, {}
+
+    def close():
+        active.__exit__(None, None, None)
+        record = {"peak_extra_bytes": active.extra_bytes, "method": active.method}
+        if current in settled:
+            rss0, before = settled[current]
+            record["peak_extra_bytes"] = max(active.peak_bytes, before) - base
+            record["timed_extra_bytes"] = active.peak_bytes - base
+            record["settled_rss_bytes"] = rss0
+            if step_memory_measurable():
+                record["step_extra_bytes"] = active.peak_bytes - rss0
+        memory[current] = record
+
     emit_result({"ready": True})
     for line in sys.stdin:
         cmd = line.split()
@@ -457,18 +524,23 @@ def serve(steps, finish=None):
             name = cmd[1]
             if name != current:
                 if active is not None:
-                    active.__exit__(None, None, None)
-                    memory[current] = {"peak_extra_bytes": active.extra_bytes, "method": active.method}
+                    close()
                 current, active = name, PeakRSS(baseline=base).__enter__()
             t0 = time.perf_counter()
             out = steps[name]()
             seconds = time.perf_counter() - t0
             del out
             emit_result({"seconds": seconds})
+        elif cmd[0] == "settle":
+            name = cmd[1]
+            if name == current and active is not None and active.method == "VmHWM":
+                before = peak_rss_bytes()
+                settled[name] = (settled_rss_bytes(), before)
+                reset_peak_rss()
+            emit_result({"settled": name in settled})
         elif cmd[0] == "finish":
             if active is not None:
-                active.__exit__(None, None, None)
-                memory[current] = {"peak_extra_bytes": active.extra_bytes, "method": active.method}
+                close()
             emit_result({"memory": memory, **(finish() if finish else {})})
             return
 
@@ -516,6 +588,11 @@ class Worker:
         self._send(f"call {name}")
         return self._read()["seconds"]
 
+    def settle(self, name):
+        """Release the worker's free pages and take its settled RSS for step ``name`` (see ``serve``)."""
+        self._send(f"settle {name}")
+        return bool(self._read().get("settled", False))
+
     def finish(self):
         self._send("finish")
         result = self._read()
@@ -548,6 +625,11 @@ def interleaved_timings(workers, steps, warmup=3, repeat=10, pause=0.02):
             try:
                 for _ in range(warmup):
                     workers[k].call(step)
+            except RuntimeError:
+                samples.pop(k)
+        for k in list(samples):
+            try:
+                workers[k].settle(step)
             except RuntimeError:
                 samples.pop(k)
         with ForeignLoad(pids=[w.proc.pid for w in workers.values()]) as load:

@@ -13,7 +13,12 @@ kernel's RSS high-water mark (what ``resource.getrusage`` reports as maxrss)
 minus the RSS measured after building the inputs and the layer, the mark being
 reset there through ``/proc/self/clear_refs`` so import-time peaks do not count
 ("peak MB" covers the timed calls, the details table also gives it including
-the warm-up calls, i.e. compilation). Before timing, one subprocess copies the
+the warm-up calls, i.e. compilation; "step MB" is the peak of the timed calls
+above the RSS of the warmed-up process after its allocator handed its free pages
+back, i.e. what one call needs on top of the compiled program, weights and
+inputs; it is not reported for TensorFlow with oneDNN's operations on, whose
+allocator keeps its pool: ``--no-onednn`` runs the tfequivariant workers with
+``TF_ENABLE_ONEDNN_OPTS=0`` to measure it). Before timing, one subprocess copies the
 tfequivariant weights into e3nn and prints the largest output and gradient
 differences, so both sides compute the same function. FLOP rates use FLOP
 counts derived from the tensor-product paths (``flop_counts``), forward+backward
@@ -175,6 +180,7 @@ def _measure(build_step, warmup, reps, budget_s):
         step()
         one = time.perf_counter() - t0
     n = reps if one * reps <= budget_s else max(3, int(budget_s / one))
+    settled = _common.settled_rss_bytes()
     with _common.PeakRSS(baseline=base) as mem:
         timing = _common.time_callable(step, warmup=0, repeat=n)
     getrusage_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base
@@ -187,6 +193,8 @@ def _measure(build_step, warmup, reps, budget_s):
         "warmup_s": warmup_s,
         "peak_mb": mem.extra_bytes / 2**20,
         "peak_with_warmup_mb": max(warm_mem.extra_bytes, mem.extra_bytes) / 2**20,
+        "step_mb": (mem.peak_bytes - settled) / 2**20 if _common.step_memory_measurable() else None,
+        "settled_rss_mb": settled / 2**20,
         "getrusage_peak_mb": getrusage_peak / 2**20,
         "rss_inputs_mb": base / 2**20,
         "memory_method": mem.method,
@@ -486,6 +494,8 @@ def _run_worker(kind, cfg, timeout):
     env = {"TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONWARNINGS": "ignore"}
     if kind == "tf" and cfg.get("tf_pool"):
         env.update(_common.TF_POOL_ENV)
+    if kind == "tf" and cfg.get("no_onednn"):
+        env.update(_common.TF_NO_ONEDNN_ENV)
     r = _common.run_isolated(argv, env=env, timeout=timeout)
     if "error" in r:
         r["error"] = " / ".join(line.strip() for line in r["error"].splitlines()[-3:])[:400]
@@ -500,11 +510,11 @@ def _cell_ms(r):
     return _common.format_ms(r["timing"]) + ("*" if r.get("reduced") else "")
 
 
-def _label(kind, impl, mode, si, tf_pool=False, node_chunk=None):
+def _label(kind, impl, mode, si, tf_pool=False, node_chunk=None, no_onednn=False):
     if kind == "e3nn":
         return f"e3nn {mode}"
     return (f"tfe {impl} {mode}" + (f" node_chunk={node_chunk}" if node_chunk else "") + (" +SI" if si else "")
-            + (" +pool" if tf_pool else ""))
+            + (" +pool" if tf_pool else "") + (" +no-onednn" if no_onednn else ""))
 
 
 def useful_flops_key(label):
@@ -533,13 +543,14 @@ def _tables(results, flops, matmul_gflops):
             return f"{useful * mult / r['median_ms'] / 1e6:.1f}" if ok(r) else "-"
 
         def mb(r, key="peak_mb"):
-            return f"{r[key]:.0f}" if ok(r) else "-"
+            return f"{r[key]:.0f}" if ok(r) and r.get(key) is not None else "-"
 
         rows.append([lbl, _cell_ms(f), _cell_ms(b), mb(f), mb(b), ratio(f, "fwd"), ratio(b, "fwdbwd"),
                      rate(f, 1), rate(b, 3)])
         for p, r in (("fwd", f), ("fwd+bwd", b)):
             if ok(r):
-                details.append([lbl, p, r["reps"], f"{r['timing']['min_ms']:.1f}", f"{r['warmup_s']:.1f}", mb(r, "peak_with_warmup_mb"),
+                details.append([lbl, p, r["reps"], f"{r['timing']['min_ms']:.1f}", f"{r['warmup_s']:.1f}",
+                                mb(r, "peak_with_warmup_mb"), mb(r, "step_mb"),
                                 mb(r, "getrusage_peak_mb"), f"{r['rss_inputs_mb']:.0f}",
                                 f"{r.get('foreign_cores', float('nan')):.2f}"])
     table = _common.markdown_table(
@@ -547,7 +558,7 @@ def _tables(results, flops, matmul_gflops):
          "ratio fwd vs e3nn best", "ratio fwd+bwd vs e3nn best", "GFLOP/s fwd", "GFLOP/s fwd+bwd"], rows)
     detail = _common.markdown_table(
         ["implementation / mode", "pass", "timed reps", "min ms", "warm-up s (incl. compile)", "peak MB incl. warm-up",
-         "getrusage peak MB", "RSS after inputs MB", "foreign load (cores)"], details)
+         "step MB", "getrusage peak MB", "RSS after inputs MB", "foreign load (cores)"], details)
     return table, detail, best
 
 
@@ -580,6 +591,10 @@ def main():
     parser.add_argument("--tf-pool", action="store_true",
                         help="run the tfequivariant workers with TensorFlow's pooling CPU allocator "
                              "(TF_CPU_ALLOCATOR_USE_BFC=true; labels get '+pool'); matters under glibc malloc")
+    parser.add_argument("--no-onednn", action="store_true",
+                        help="run the tfequivariant workers with TF_ENABLE_ONEDNN_OPTS=0 (labels get "
+                             "'+no-onednn'): TensorFlow's kernels without oneDNN and its allocator without "
+                             "oneDNN's pool, so that the 'step MB' column (a call's own memory) can be measured")
     parser.add_argument("--so2-modes", default="function,xla",
                         help="modes of the extra runs of PointConvolution(implementation='so2') (products in "
                              "edge-aligned frames; default function,xla; empty to skip)")
@@ -656,12 +671,12 @@ def main():
 
     results = {}
     for kind, impl, mode, si, chunk in configs:
-        label = _label(kind, impl, mode, si, args.tf_pool, chunk)
+        label = _label(kind, impl, mode, si, args.tf_pool, chunk, args.no_onednn and kind == "tf")
         if args.only and args.only not in label:
             continue
         for pass_ in PASSES:
             cfg = {**base, "impl": impl, "mode": mode, "pass": pass_, "si": si, "tf_pool": args.tf_pool,
-                   "node_chunk": chunk}
+                   "node_chunk": chunk, "no_onednn": args.no_onednn}
             if kind == "e3nn":
                 cfg["warmup"] = max(args.warmup, 3)  # compiled forward and backward settle after 2 calls
                 if check and "error" not in check:

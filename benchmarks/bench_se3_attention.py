@@ -33,7 +33,12 @@ high-water mark ``VmHWM`` (reset through ``/proc/self/clear_refs``,
 ``_common.PeakRSS``) minus the RSS after building the inputs and the layer,
 over the timed calls only (the mark is reset again after the warm-up calls);
 "peak MB incl. warm-up" also covers the warm-up calls (tracing, XLA and
-``torch.compile`` compilation). Resident memory, so it is comparable between
+``torch.compile`` compilation). "step MB": the peak of the timed calls above the
+RSS of the warmed-up process after its allocator handed its free pages back
+(``_common.serve``'s ``settle``), what one call needs on top of the compiled
+program, weights and inputs; not reported for TensorFlow with oneDNN's
+operations on, whose allocator keeps its pool (``--no-onednn`` runs the
+tfequivariant workers with ``TF_ENABLE_ONEDNN_OPTS=0``). Resident memory, so it is comparable between
 TensorFlow and PyTorch, which have no CPU allocator statistics.
 
 The allocator is whatever the process runs with: run the script once plainly
@@ -330,13 +335,10 @@ def case_worker(kind, cfg):
             np.savez(cfg["dump"], **arrays(state["last"]))
 
     if serving:
-        # _common.serve measures VmHWM above `base` over all calls of the step; reset the mark
-        # after the warm-up calls so that figure covers the timed calls only, and keep the
-        # warm-up peak separately.
+        # _common.serve measures VmHWM over the step's calls; the driver's interleaved_timings
+        # settles the worker (free pages released, settled RSS taken, mark reset) between the
+        # warm-up and the timed calls, so the memory record separates the two.
         def timed_step():
-            if state["calls"] == cfg["warmup"]:
-                state["warm_peak"] = _common.peak_rss_bytes()
-                _common.reset_peak_rss()
             state["calls"] += 1
             state["last"] = None
             state["last"] = step()
@@ -344,7 +346,6 @@ def case_worker(kind, cfg):
         def finish():
             dump()
             return {"base_rss_mb": base / 2**20, "allocator": _common.allocator()["allocator"],
-                    "warm_peak_mb": None if state["warm_peak"] is None else (state["warm_peak"] - base) / 2**20,
                     "threads": threads()}
 
         try:
@@ -368,6 +369,7 @@ def case_worker(kind, cfg):
             run()
             one = time.perf_counter() - t0
         n = cfg["reps"] if one * cfg["reps"] <= cfg["budget_s"] else max(MIN_REPS, int(cfg["budget_s"] / one))
+        settled = _common.settled_rss_bytes()
         with _common.PeakRSS(baseline=base) as mem:
             timing = _common.time_callable(run, warmup=0, repeat=n)
         dump()
@@ -377,7 +379,9 @@ def case_worker(kind, cfg):
     _common.emit_result({
         "timing": timing.as_dict(), "median_ms": timing.median_ms, "iqr_ms": timing.iqr_ms, "reps": timing.n,
         "reduced": n < cfg["reps"], "warmup_s": warmup_s, "peak_mb": mem.extra_bytes / 2**20,
-        "warm_peak_mb": warm_mem.extra_bytes / 2**20, "base_rss_mb": base / 2**20,
+        "warm_peak_mb": warm_mem.extra_bytes / 2**20,
+        "step_mb": (mem.peak_bytes - settled) / 2**20 if _common.step_memory_measurable() else None,
+        "base_rss_mb": base / 2**20,
         "memory_method": mem.method, "allocator": _common.allocator()["allocator"], "threads": threads(),
     })
 
@@ -623,6 +627,11 @@ GUARD = None
 
 # -- driver ----------------------------------------------------------------------------
 WORKER_ENV = {"TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONWARNINGS": "ignore"}
+NO_ONEDNN = False  # --no-onednn: the tfequivariant workers run with TF_ENABLE_ONEDNN_OPTS=0
+
+
+def _env(kind):
+    return {**WORKER_ENV, **(_common.TF_NO_ONEDNN_ENV if NO_ONEDNN and kind == "tf" else {})}
 
 
 def _argv(kind, cfg):
@@ -635,7 +644,7 @@ def _short(err):
 
 def _run_worker(kind, cfg, timeout):
     before = dict(GUARD.kills) if GUARD else {}
-    r = _common.run_isolated(_argv(kind, cfg), env=WORKER_ENV, timeout=timeout)
+    r = _common.run_isolated(_argv(kind, cfg), env=_env(kind), timeout=timeout)
     new = [v for k, v in (GUARD.kills if GUARD else {}).items() if k not in before]
     if "error" in r:
         r["error"] = "killed by the memory guard: " + new[-1] if new else _short(r["error"])
@@ -673,7 +682,7 @@ def _label(kind, mode):
     if kind == "e3nn":
         return f"e3nn {mode}"
     mode, chunks = split_mode(mode)
-    return f"tfe {mode}" + chunk_label(chunks)
+    return f"tfe {mode}" + chunk_label(chunks) + (" +no-onednn" if NO_ONEDNN else "")
 
 
 def _configs(args, have_e3nn):
@@ -739,7 +748,7 @@ def _interleaved_group(configs, pass_, base, check, tmpdir, budget_s):
         label = _label(kind, mode)
         cfgs[label] = {**_cfg(kind, mode, pass_, base, check, tmpdir), "serve": True}
         try:
-            workers[label] = _common.Worker(_argv(kind, cfgs[label]), env=WORKER_ENV)
+            workers[label] = _common.Worker(_argv(kind, cfgs[label]), env=_env(kind))
         except RuntimeError as e:
             errors[label] = _short(e)
     for label, w in list(workers.items()):
@@ -776,8 +785,10 @@ def _interleaved_group(configs, pass_, base, check, tmpdir, budget_s):
         results[label] = {
             "timing": timing.as_dict(), "median_ms": timing.median_ms, "iqr_ms": timing.iqr_ms,
             "reps": timing.n, "reduced": timing.n < base["reps"],
-            "peak_mb": mem.get("peak_extra_bytes", float("nan")) / 2**20,
-            "warm_peak_mb": fin.get("warm_peak_mb"), "base_rss_mb": fin.get("base_rss_mb"),
+            "peak_mb": mem.get("timed_extra_bytes", float("nan")) / 2**20,
+            "warm_peak_mb": mem.get("peak_extra_bytes", float("nan")) / 2**20,
+            "step_mb": mem["step_extra_bytes"] / 2**20 if "step_extra_bytes" in mem else None,
+            "base_rss_mb": fin.get("base_rss_mb"),
             "memory_method": mem.get("method"), "allocator": fin.get("allocator"),
             "threads": fin.get("threads", {}), "foreign_cores": loads[(label, "step")],
             "dump": cfgs[label]["dump"],
@@ -846,12 +857,12 @@ def _tables(results, flops):
         for p, r in (("fwd", f), ("fwd+bwd", b)):
             if _ok(r):
                 details.append([lbl, p, r["reps"], f"{r['timing']['min_ms']:.1f}", mb(r, "warm_peak_mb"),
-                                f"{r['base_rss_mb']:.0f}", f"{r.get('foreign_cores', float('nan')):.2f}"])
+                                mb(r, "step_mb"), f"{r['base_rss_mb']:.0f}", f"{r.get('foreign_cores', float('nan')):.2f}"])
     table = _common.markdown_table(
         ["mode", "fwd ms (median ± IQR)", "fwd+bwd ms (median ± IQR)", "peak MB fwd", "peak MB fwd+bwd",
          "fwd / e3nn best", "fwd+bwd / e3nn best", "GFLOP/s fwd", "GFLOP/s fwd+bwd"], rows)
     detail = _common.markdown_table(
-        ["mode", "pass", "timed reps", "min ms", "peak MB incl. warm-up", "RSS after inputs MB",
+        ["mode", "pass", "timed reps", "min ms", "peak MB incl. warm-up", "step MB", "RSS after inputs MB",
          "foreign load (cores)"], details)
     return table, detail, best
 
@@ -877,7 +888,7 @@ def _correctness(results):
 
 
 def main():
-    global GUARD
+    global GUARD, NO_ONEDNN
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0],
         epilog=__doc__.split("\n\n", 1)[1],
@@ -903,6 +914,10 @@ def main():
     parser.add_argument("--passes", default=",".join(PASSES),
                         help="comma list of fwd, fwdbwd (default both; one pass per run keeps runs short)")
     parser.add_argument("--no-e3nn", action="store_true", help="skip e3nn even if importable")
+    parser.add_argument("--no-onednn", action="store_true",
+                        help="run the tfequivariant workers with TF_ENABLE_ONEDNN_OPTS=0 (labels get '+no-onednn'): "
+                             "TensorFlow's kernels without oneDNN and its allocator without oneDNN's pool, so "
+                             "that the 'step MB' column (a call's own memory) can be measured")
     parser.add_argument("--only", default="", help="run only configurations whose label contains this text")
     parser.add_argument("--breakdown", default="",
                         help="comma list of TF modes (function, xla) whose per-stage times to measure after the "
@@ -921,6 +936,7 @@ def main():
                                        "report to this JSON file")
     parser.add_argument("--worker", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    NO_ONEDNN = args.no_onednn
 
     if args.worker:
         kind, cfg = args.worker[0], json.loads(args.worker[1])

@@ -82,7 +82,7 @@ MODE_NAMES = {("tfe", "eager"): "eager", ("tfe", "function"): "tf.function", ("t
               ("tfe", "xla_pool"): "XLA+TF pool",
               ("e3nn", "eager"): "eager", ("e3nn", "script"): "TorchScript", ("e3nn", "compile"): "torch.compile"}
 HEADER = ["workload", "pass", "tfe eager ms", "tfe tf.function ms", "tfe XLA ms", "e3nn best ms (mode)",
-          "tfe best / e3nn best", "peak tfe", "peak e3nn", "rate tfe", "rate e3nn"]
+          "tfe best / e3nn best", "peak tfe", "peak e3nn", "step tfe", "step e3nn", "rate tfe", "rate e3nn"]
 
 
 def mode_name(side, mode):
@@ -93,12 +93,14 @@ def mode_name(side, mode):
 
 # -- JSON -> records ------------------------------------------------------------------------
 # A record is one (workload, pass, side, mode) measurement:
-#   {"group", "variant", "pass", "side", "mode", "median_ms", "reduced", "peak_bytes", "rate", "unit", "error"}
+#   {"group", "variant", "pass", "side", "mode", "median_ms", "reduced", "peak_bytes", "step_bytes", "rate", "unit",
+#    "error"}
 # "group" is what e3nn is compared within (one lmax, the convolution graph, the attention graph);
 # "variant" separates tfequivariant rows of one group (per_node / per_edge convolution).
-def _record(group, variant, pass_, side, mode, r, rate_of=None, unit=None, peak_bytes=None):
+def _record(group, variant, pass_, side, mode, r, rate_of=None, unit=None, peak_bytes=None, step_bytes=None):
     rec = {"group": group, "variant": variant, "pass": pass_, "side": side, "mode": mode, "median_ms": None,
-           "reduced": False, "alone": False, "peak_bytes": None, "rate": None, "unit": unit, "error": None}
+           "reduced": False, "alone": False, "peak_bytes": None, "step_bytes": None, "rate": None, "unit": unit,
+           "error": None}
     if r is None or "error" in r:
         rec["error"] = "missing" if r is None else str(r["error"])
         return rec
@@ -106,6 +108,7 @@ def _record(group, variant, pass_, side, mode, r, rate_of=None, unit=None, peak_
     rec["reduced"] = bool(r.get("reduced", False))
     rec["alone"] = bool(r.get("retried_alone", False))  # attention: measured again alone after a memory-guard kill
     rec["peak_bytes"] = peak_bytes
+    rec["step_bytes"] = step_bytes
     if rate_of is not None and rec["median_ms"] > 0:
         rec["rate"] = rate_of / (rec["median_ms"] / 1e3) / 1e9
     return rec
@@ -121,8 +124,9 @@ def records_sh(data):
         for pass_, key in (("fwd", "forward"), ("fwdbwd", "forward_backward")):
             res = r if "error" in r else r.get(key)
             peak = None if res is None or "error" in res else res.get("peak_extra_bytes")
+            step = None if res is None or "error" in res else res.get("step_extra_bytes")
             nbytes = sh_forward_bytes(n, lmax) if pass_ == "fwd" else None
-            out.append(_record(group, "", pass_, side, r["mode"], res, nbytes, "GB/s", peak))
+            out.append(_record(group, "", pass_, side, r["mode"], res, nbytes, "GB/s", peak, step))
     return out
 
 
@@ -144,9 +148,8 @@ def _records_graph(data, name, flops_key):
         side, mode, variant = _split_label(r["label"])
         pass_ = r["pass"]
         useful = data["flops"][flops_key(variant)] * (3 if pass_ == "fwdbwd" else 1)
-        peak = r.get("peak_mb")
-        peak = None if peak is None or peak != peak else peak * 2**20  # NaN: not measured
-        out.append(_record(group, variant, pass_, side, mode, r, useful, "GFLOP/s", peak))
+        peak, step = (None if v is None or v != v else v * 2**20 for v in (r.get("peak_mb"), r.get("step_mb")))
+        out.append(_record(group, variant, pass_, side, mode, r, useful, "GFLOP/s", peak, step))
     return out
 
 
@@ -251,6 +254,8 @@ def summary_rows(outcomes, strict=False):
                                 + [e3_cell, ratio,
                                    _common.format_bytes(tb["peak_bytes"]) if tb else "-",
                                    _common.format_bytes(eb["peak_bytes"]) if eb else "-",
+                                   _common.format_bytes(tb["step_bytes"]) if tb else "-",
+                                   _common.format_bytes(eb["step_bytes"]) if eb else "-",
                                    _fmt_rate(tb), _fmt_rate(eb)])
     return rows, notes
 
@@ -263,7 +268,9 @@ def format_summary(rows, notes, e3nn_skipped=False, reused=None):
                  "measured with no other worker alive). Ratio: tfequivariant's best "
                  "mode / e3nn's best mode, below 1 means tfequivariant is faster. Peak: resident memory of "
                  "each side's best mode above its RSS before the first call (harmonics: warm-up included; "
-                 "convolution, attention: timed calls only). Rate: forward bytes (harmonics) or FLOPs "
+                 "convolution, attention: timed calls only). Step: the peak of the timed calls above "
+                 "the RSS of the warmed-up process after its allocator returned its free pages (what one "
+                 "call needs on top of the compiled program, weights and inputs). Rate: forward bytes (harmonics) or FLOPs "
                  "(forward+backward = 3x forward) over the median, as each benchmark defines them.")
     if e3nn_skipped:
         lines.append("e3nn skipped (--no-e3nn).")

@@ -60,13 +60,13 @@ CONV = {
     "graph": {"nodes": 60, "edges": 2000, "mean_degree": 33.3, "max_degree": 40},
     "flops": {"per_node_total": 2e9, "per_edge_total": 4e9},
     "results": [
-        _graph_result("e3nn eager", "fwd", 100.0, 50.0),
+        _graph_result("e3nn eager", "fwd", 100.0, 50.0, step_mb=40.0),
         _graph_result("e3nn eager", "fwdbwd", 300.0, 150.0),
         {"label": "e3nn compile", "pass": "fwd", "error": "BackendCompilerFailed: no compiler"},
         {"label": "e3nn compile", "pass": "fwdbwd", "error": "BackendCompilerFailed: no compiler"},
         _graph_result("tfe per_node eager", "fwd", 80.0),
         _graph_result("tfe per_node function", "fwd", 40.0),
-        _graph_result("tfe per_node xla", "fwd", 20.0, 200.0),
+        _graph_result("tfe per_node xla", "fwd", 20.0, 200.0, step_mb=12.0),
         _graph_result("tfe per_node eager", "fwdbwd", 240.0),
         _graph_result("tfe per_node function", "fwdbwd", 120.0, 300.0),
         {"label": "tfe per_node xla", "pass": "fwdbwd", "error": "exit code 1: / XlaRuntimeError"},
@@ -132,11 +132,13 @@ def test_summary_rows_from_canned_json():
     assert row["e3nn best ms (mode)"] == "100.0 (eager)"  # compile failed: not the best
     assert row["tfe best / e3nn best"] == "0.20 (XLA / eager)"
     assert row["peak tfe"] == "200.0 MiB" and row["peak e3nn"] == "50.0 MiB"
+    assert row["step tfe"] == "12.0 MiB" and row["step e3nn"] == "40.0 MiB"
     assert row["rate tfe"] == "100.0 GFLOP/s"  # per_node useful FLOPs 2e9 / 20 ms
     assert row["rate e3nn"] == "40.0 GFLOP/s"  # per_edge FLOPs 4e9 / 100 ms
     row = t[(conv + ", per_node", "forward+backward")]
     assert row["tfe XLA ms"] == "error"
     assert row["tfe best / e3nn best"] == "0.40 (tf.function / eager)"
+    assert row["step tfe"] == "-" and row["step e3nn"] == "-"  # not measured (pooling allocator, older JSON)
     assert row["rate tfe"] == "50.0 GFLOP/s"  # 3 x 2e9 / 120 ms
     assert row["rate e3nn"] == "40.0 GFLOP/s"  # 3 x 4e9 / 300 ms
     row = t[(conv + ", per_edge", "forward")]
@@ -425,6 +427,59 @@ def test_worker_killed_between_calls_is_a_failed_worker_not_a_crash():
     assert worker.error is not None
     timings, _ = common.interleaved_timings({"dead": worker}, ["step"], warmup=0, repeat=2)
     assert timings == {}
+
+
+def test_settle_separates_a_steps_own_memory_from_what_warm_up_left_behind(tmp_path):
+    """serve's memory record: the first call keeps 192 MiB alive (a compiled program, say) and
+    touches a 128 MiB transient, every call a 64 MiB temporary. "peak" and "timed" count the kept
+    memory, "step" (above the RSS after settle) only the temporary: it would count the kept
+    192 MiB with the wrong baseline and the 128 MiB transient without the mark's reset."""
+    common = load_script(os.path.join(BENCH, "_common.py"), "tfe_bench_common_settle")
+    script = tmp_path / "worker.py"
+    script.write_text(
+        "import sys\n"
+        f"sys.path.insert(0, {BENCH!r})\n"
+        "import numpy as np\n"
+        "import _common\n"
+        "kept = []\n"
+        "def step():\n"
+        "    if not kept:\n"
+        "        kept.append(np.ones(24 * 2**20))\n"
+        "        float(np.ones(16 * 2**20).sum())  # a warm-up transient: compilation, say\n"
+        "    return float(np.ones(8 * 2**20).sum())\n"
+        "_common.serve({'step': step})\n")
+    worker = common.Worker([sys.executable, str(script)], env={"LD_PRELOAD": os.environ.get("LD_PRELOAD", "")})
+    timings, _ = common.interleaved_timings({"w": worker}, ["step"], warmup=2, repeat=3)
+    assert timings[("w", "step")].n == 3
+    mem = worker.finish()["memory"]["step"]
+    mib = 2**20
+    assert mem["peak_extra_bytes"] >= 250 * mib and mem["timed_extra_bytes"] >= 250 * mib
+    assert 56 * mib <= mem["step_extra_bytes"] <= 120 * mib
+
+
+def test_step_memory_is_not_reported_under_tensorflows_pooling_allocator(monkeypatch):
+    # oneDNN's allocator (TensorFlow's default on x86) keeps freed blocks: a step figure would read ~0
+    common = load_script(os.path.join(BENCH, "_common.py"), "tfe_bench_common_pool")
+    monkeypatch.delitem(sys.modules, "tensorflow", raising=False)
+    monkeypatch.delenv("TF_ENABLE_ONEDNN_OPTS", raising=False)
+    assert common.step_memory_measurable()  # e3nn workers
+    monkeypatch.setitem(sys.modules, "tensorflow", object())
+    assert not common.step_memory_measurable()
+    monkeypatch.setenv("TF_ENABLE_ONEDNN_OPTS", "0")
+    assert common.step_memory_measurable()
+    conv = load_script(os.path.join(BENCH, "bench_point_convolution.py"), "tfe_bench_conv_onednn")
+    assert conv._label("tf", "per_node", "xla", False, node_chunk=32, no_onednn=True) == \
+        "tfe per_node xla node_chunk=32 +no-onednn"
+    envs = {}
+
+    def fake_run_isolated(argv, env=None, timeout=None):
+        envs[argv[argv.index("--worker") + 1]] = env
+        return {}
+
+    monkeypatch.setattr(conv._common, "run_isolated", fake_run_isolated)
+    conv._run_worker("tf", {"no_onednn": True}, 1)
+    conv._run_worker("e3nn", {"no_onednn": True}, 1)
+    assert envs["tf"]["TF_ENABLE_ONEDNN_OPTS"] == "0" and "TF_ENABLE_ONEDNN_OPTS" not in envs["e3nn"]
 
 
 def test_attention_workers_killed_by_the_combined_cap_are_measured_again_alone(monkeypatch):
