@@ -237,6 +237,19 @@ def test_bench_scripts_offer_json():
         assert "--json" in out, script
 
 
+def _worker_environments(monkeypatch, conv):
+    """Stub the convolution benchmark's subprocess runner; returns worker kind -> the environment
+    ``_run_worker`` would start it with."""
+    envs = {}
+
+    def fake_run_isolated(argv, env=None, timeout=None):
+        envs[argv[argv.index("--worker") + 1]] = env
+        return {}
+
+    monkeypatch.setattr(conv._common, "run_isolated", fake_run_isolated)
+    return envs
+
+
 def test_conv_bench_tf_pool_label_and_environment(monkeypatch):
     # --tf-pool: the tfequivariant workers get TensorFlow's pooling CPU allocator, e3nn's do not,
     # and run_all files the "+pool" rows as their own variant
@@ -244,13 +257,7 @@ def test_conv_bench_tf_pool_label_and_environment(monkeypatch):
     label = conv._label("tf", "per_node", "xla", False, tf_pool=True)
     assert label == "tfe per_node xla +pool"
     assert run_all._split_label(label) == ("tfe", "xla", "per_node +pool")
-    envs = {}  # worker kind -> the environment it would be started with
-
-    def fake_run_isolated(argv, env=None, timeout=None):
-        envs[argv[argv.index("--worker") + 1]] = env
-        return {}
-
-    monkeypatch.setattr(conv._common, "run_isolated", fake_run_isolated)
+    envs = _worker_environments(monkeypatch, conv)
     conv._run_worker("tf", {"tf_pool": True}, 1)
     conv._run_worker("e3nn", {"tf_pool": True}, 1)
     assert envs["tf"]["TF_CPU_ALLOCATOR_USE_BFC"] == "true"
@@ -470,13 +477,7 @@ def test_step_memory_is_not_reported_under_tensorflows_pooling_allocator(monkeyp
     conv = load_script(os.path.join(BENCH, "bench_point_convolution.py"), "tfe_bench_conv_onednn")
     assert conv._label("tf", "per_node", "xla", False, node_chunk=32, no_onednn=True) == \
         "tfe per_node xla node_chunk=32 +no-onednn"
-    envs = {}
-
-    def fake_run_isolated(argv, env=None, timeout=None):
-        envs[argv[argv.index("--worker") + 1]] = env
-        return {}
-
-    monkeypatch.setattr(conv._common, "run_isolated", fake_run_isolated)
+    envs = _worker_environments(monkeypatch, conv)
     conv._run_worker("tf", {"no_onednn": True}, 1)
     conv._run_worker("e3nn", {"no_onednn": True}, 1)
     assert envs["tf"]["TF_ENABLE_ONEDNN_OPTS"] == "0" and "TF_ENABLE_ONEDNN_OPTS" not in envs["e3nn"]
