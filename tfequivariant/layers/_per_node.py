@@ -71,7 +71,11 @@ def _products(plan, features_t, sh_t):
     import tensorflow as tf
 
     k = tf.shape(features_t)[2]
-    blocks = {}  # path key -> (x [N, mul1, dim1, K], sh [N, mul2, dim2, K])
+    # path key -> (the sender block's components x_i [N, mul1, 1, K], the harmonics' Y_j [N, 1, mul2, K]),
+    # each sliced once: slicing them per m_o and per CG entry made a node block's graph ~2x
+    # larger (Const and StridedSlice ops), which TensorFlow and XLA pay for in tracing,
+    # compilation and the Python stack trace they keep per op
+    blocks = {}
     per_block = []
     for _, dim_o, paths in plan.groups:
         rows = []
@@ -79,21 +83,23 @@ def _products(plan, features_t, sh_t):
             for xs, mul1, d1, ss, mul2, d2, cg, _ in paths:
                 key = (xs.start, ss.start)
                 if key not in blocks:
-                    blocks[key] = (tf.reshape(features_t[:, xs], (-1, mul1, d1, k)),
-                                   tf.reshape(sh_t[:, ss], (-1, mul2, d2, k)))
-                x, y = blocks[key]
+                    x = tf.reshape(features_t[:, xs], (-1, mul1, d1, k))
+                    y = tf.reshape(sh_t[:, ss], (-1, mul2, d2, k))
+                    # slices, not tf.unstack: TFLite's UNPACK rejects an empty graph's zero-size input
+                    blocks[key] = ([x[:, :, i : i + 1] for i in range(d1)], [y[:, None, :, j] for j in range(d2)])
+                x_i, y_j = blocks[key]
                 acc = None
                 for i in range(d1):
-                    a = None  # [N, mul2, K]: sum_j cg[i, j, m_o] Y_j
+                    a = None  # [N, 1, mul2, K]: sum_j cg[i, j, m_o] Y_j
                     for j in range(d2):
                         c = float(cg[i, j, m_o])
                         if abs(c) > _ZERO:
-                            a = c * y[:, :, j] if a is None else a + c * y[:, :, j]
+                            a = c * y_j[j] if a is None else a + c * y_j[j]
                     if a is not None:
-                        term = x[:, :, None, i] * a[:, None]  # [N, mul1, mul2, K]
+                        term = x_i[i] * a  # [N, mul1, mul2, K]
                         acc = term if acc is None else acc + term
                 if acc is None:  # the CG slice is zero for this m_o
-                    acc = tf.zeros_like(x[:, :, None, 0] * y[:, None, :, 0])
+                    acc = tf.zeros_like(x_i[0] * y_j[0])
                 rows.append(tf.reshape(acc, (-1, mul1 * mul2, k)))
         per_block.append(tf.concat(rows, axis=1) if len(rows) > 1 else rows[0])
     return per_block
