@@ -173,7 +173,7 @@ def reset_peak_rss():
 
 
 def release_free_memory():
-    """Hand the allocator's cached free pages back to the kernel; True if an allocator did.
+    """Hand the allocator's cached free pages back to the kernel.
 
     tcmalloc (``MallocExtension_ReleaseFreeMemory``, when it is mapped into the process) and
     glibc (``malloc_trim(0)``). Used before a "step memory" baseline (``serve``'s ``settle``),
@@ -182,14 +182,11 @@ def release_free_memory():
     import ctypes
 
     gc.collect()
-    released = False
     lib = ctypes.CDLL(None)
     for name, args in (("MallocExtension_ReleaseFreeMemory", ()), ("malloc_trim", (ctypes.c_size_t(0),))):
         fn = getattr(lib, name, None)
         if fn is not None:
             fn(*args)
-            released = True
-    return released
 
 
 TF_NO_ONEDNN_ENV = {"TF_ENABLE_ONEDNN_OPTS": "0"}
@@ -212,6 +209,12 @@ def settled_rss_bytes():
     """The RSS after ``release_free_memory``: the baseline of a step's own memory."""
     release_free_memory()
     return rss_bytes()
+
+
+def step_extra_bytes(peak_bytes, settled_bytes):
+    """A step's own memory: its calls' peak RSS above ``settled_rss_bytes()`` taken before
+    them; None where this process's allocator keeps freed memory (``step_memory_measurable``)."""
+    return peak_bytes - settled_bytes if step_memory_measurable() else None
 
 
 class PeakRSS:
@@ -511,8 +514,9 @@ def serve(steps, finish=None):
             record["peak_extra_bytes"] = max(active.peak_bytes, before) - base
             record["timed_extra_bytes"] = active.peak_bytes - base
             record["settled_rss_bytes"] = rss0
-            if step_memory_measurable():
-                record["step_extra_bytes"] = active.peak_bytes - rss0
+            step = step_extra_bytes(active.peak_bytes, rss0)
+            if step is not None:
+                record["step_extra_bytes"] = step
         memory[current] = record
 
     emit_result({"ready": True})

@@ -183,6 +183,7 @@ def _measure(build_step, warmup, reps, budget_s):
     settled = _common.settled_rss_bytes()
     with _common.PeakRSS(baseline=base) as mem:
         timing = _common.time_callable(step, warmup=0, repeat=n)
+    step_bytes = _common.step_extra_bytes(mem.peak_bytes, settled)
     getrusage_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base
     return {
         "timing": timing.as_dict(),
@@ -193,7 +194,7 @@ def _measure(build_step, warmup, reps, budget_s):
         "warmup_s": warmup_s,
         "peak_mb": mem.extra_bytes / 2**20,
         "peak_with_warmup_mb": max(warm_mem.extra_bytes, mem.extra_bytes) / 2**20,
-        "step_mb": (mem.peak_bytes - settled) / 2**20 if _common.step_memory_measurable() else None,
+        "step_mb": None if step_bytes is None else step_bytes / 2**20,
         "settled_rss_mb": settled / 2**20,
         "getrusage_peak_mb": getrusage_peak / 2**20,
         "rss_inputs_mb": base / 2**20,

@@ -38,8 +38,9 @@ RSS of the warmed-up process after its allocator handed its free pages back
 (``_common.serve``'s ``settle``), what one call needs on top of the compiled
 program, weights and inputs; not reported for TensorFlow with oneDNN's
 operations on, whose allocator keeps its pool (``--no-onednn`` runs the
-tfequivariant workers with ``TF_ENABLE_ONEDNN_OPTS=0``). Resident memory, so it is comparable between
-TensorFlow and PyTorch, which have no CPU allocator statistics.
+tfequivariant workers with ``TF_ENABLE_ONEDNN_OPTS=0``). Resident memory, so
+it is comparable between TensorFlow and PyTorch, which have no CPU allocator
+statistics.
 
 The allocator is whatever the process runs with: run the script once plainly
 (glibc malloc) and once under
@@ -328,7 +329,7 @@ def case_worker(kind, cfg):
         _common.emit_result({"error": _error_text(e)})
         return
     base = _common.rss_bytes()
-    state = {"calls": 0, "warm_peak": None, "last": None}
+    state = {"last": None}
 
     def dump():
         if cfg.get("dump") and state["last"] is not None:
@@ -339,7 +340,6 @@ def case_worker(kind, cfg):
         # settles the worker (free pages released, settled RSS taken, mark reset) between the
         # warm-up and the timed calls, so the memory record separates the two.
         def timed_step():
-            state["calls"] += 1
             state["last"] = None
             state["last"] = step()
 
@@ -372,6 +372,7 @@ def case_worker(kind, cfg):
         settled = _common.settled_rss_bytes()
         with _common.PeakRSS(baseline=base) as mem:
             timing = _common.time_callable(run, warmup=0, repeat=n)
+        step_bytes = _common.step_extra_bytes(mem.peak_bytes, settled)
         dump()
     except Exception as e:
         _common.emit_result({"error": _error_text(e)})
@@ -380,7 +381,7 @@ def case_worker(kind, cfg):
         "timing": timing.as_dict(), "median_ms": timing.median_ms, "iqr_ms": timing.iqr_ms, "reps": timing.n,
         "reduced": n < cfg["reps"], "warmup_s": warmup_s, "peak_mb": mem.extra_bytes / 2**20,
         "warm_peak_mb": warm_mem.extra_bytes / 2**20,
-        "step_mb": (mem.peak_bytes - settled) / 2**20 if _common.step_memory_measurable() else None,
+        "step_mb": None if step_bytes is None else step_bytes / 2**20,
         "base_rss_mb": base / 2**20,
         "memory_method": mem.method, "allocator": _common.allocator()["allocator"], "threads": threads(),
     })
@@ -857,7 +858,8 @@ def _tables(results, flops):
         for p, r in (("fwd", f), ("fwd+bwd", b)):
             if _ok(r):
                 details.append([lbl, p, r["reps"], f"{r['timing']['min_ms']:.1f}", mb(r, "warm_peak_mb"),
-                                mb(r, "step_mb"), f"{r['base_rss_mb']:.0f}", f"{r.get('foreign_cores', float('nan')):.2f}"])
+                                mb(r, "step_mb"), f"{r['base_rss_mb']:.0f}",
+                                f"{r.get('foreign_cores', float('nan')):.2f}"])
     table = _common.markdown_table(
         ["mode", "fwd ms (median ± IQR)", "fwd+bwd ms (median ± IQR)", "peak MB fwd", "peak MB fwd+bwd",
          "fwd / e3nn best", "fwd+bwd / e3nn best", "GFLOP/s fwd", "GFLOP/s fwd+bwd"], rows)

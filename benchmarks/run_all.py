@@ -270,8 +270,9 @@ def format_summary(rows, notes, e3nn_skipped=False, reused=None):
                  "each side's best mode above its RSS before the first call (harmonics: warm-up included; "
                  "convolution, attention: timed calls only). Step: the peak of the timed calls above "
                  "the RSS of the warmed-up process after its allocator returned its free pages (what one "
-                 "call needs on top of the compiled program, weights and inputs). Rate: forward bytes (harmonics) or FLOPs "
-                 "(forward+backward = 3x forward) over the median, as each benchmark defines them.")
+                 "call needs on top of the compiled program, weights and inputs). Rate: forward bytes "
+                 "(harmonics) or FLOPs (forward+backward = 3x forward) over the median, as each benchmark "
+                 "defines them.")
     if e3nn_skipped:
         lines.append("e3nn skipped (--no-e3nn).")
     if reused:
