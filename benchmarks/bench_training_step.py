@@ -225,6 +225,18 @@ def _batch_shapes(dataset):
     return len(shapes), count
 
 
+def next_call(stdin):
+    """Read the driver's commands (``_common.Worker``) up to the next ``call``: True for a call,
+    False for ``finish`` or a closed pipe. ``settle`` (sent by ``interleaved_timings`` after the
+    warm-up) is answered with ``settled: false``: a training step inside ``model.fit`` is not a
+    single call whose own memory could be isolated."""
+    line = stdin.readline().split()
+    while line and line[0] == "settle":
+        _common.emit_result({"settled": False})
+        line = stdin.readline().split()
+    return bool(line) and line[0] == "call"
+
+
 def worker(cfg):
     """One case: train one counted epoch, then serve timed steps (``_common.Worker`` protocol)."""
     import keras
@@ -262,8 +274,7 @@ def worker(cfg):
             if state["epoch1"] is None or state["finishing"]:
                 return
             if not state["pending"]:
-                line = stdin.readline().split()
-                if not line or line[0] != "call":  # "finish" or the driver is gone: this step is the last
+                if not next_call(stdin):  # "finish" or the driver is gone: this step is the last
                     state["finishing"] = True
                     return
                 state["pending"] = True

@@ -130,6 +130,19 @@ def test_help_and_no_tensorflow_in_the_driver():
     assert bad.returncode == 2 and "unknown mode" in bad.stderr
 
 
+def test_worker_answers_the_drivers_commands(capsys):
+    """The worker's side of ``_common.Worker``: ``settle`` (which ``interleaved_timings`` sends
+    after the warm-up) is answered and the next ``call`` still runs a step; ``finish`` and a
+    closed pipe end the steps. (Session 16's ``settle`` once ended every timed run here.)"""
+    import io
+
+    stdin = io.StringIO("call step\nsettle step\ncall step\nfinish\n")
+    assert bench.next_call(stdin) and bench.next_call(stdin)
+    assert not bench.next_call(stdin) and not bench.next_call(stdin)
+    out = capsys.readouterr().out
+    assert out.count('"settled": false') == 1
+
+
 @pytest.mark.slow
 def test_quick_run(tmp_path):
     have_qm9 = qm9._locate_data_dir() is not None
