@@ -90,7 +90,7 @@ KEY_DIM = sum(m * (2 * l + 1) for m, l, _ in BLOCKS)  # 120
 TF_MODES = ("eager", "function", "xla")
 # the default run adds the edge chunks (SE3Attention(edge_chunk=1024)), the layer's memory setting, and
 # the products in edge-aligned frames (SE3Attention(implementation="so2"))
-DEFAULT_TF_MODES = TF_MODES + ("function@e1024", "function@so2", "xla@so2")
+DEFAULT_TF_MODES = TF_MODES + ("function@e1024", "xla@e1024", "xla@8", "function@so2", "xla@so2")
 MIN_REPS = 3
 PASSES = ("fwd", "fwdbwd")
 

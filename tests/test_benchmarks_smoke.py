@@ -309,7 +309,8 @@ def test_run_all_quick_no_e3nn(tmp_path):
                 "PointConvolution, N=60, per_node node_chunk=8": (4,),  # XLA only
                 "PointConvolution, N=60, so2": (3, 4),  # tf.function and XLA
                 "SE3Attention, N=60": (2, 3, 4),
-                "SE3Attention, N=60, edge_chunk=1024": (3,),  # tf.function only
+                "SE3Attention, N=60, edge_chunk=1024": (3, 4),  # tf.function and XLA
+                "SE3Attention, N=60, node_chunk=8": (4,),  # XLA only
                 "SE3Attention, N=60, so2": (3, 4)}
     got = {}
     for r in rows:  # the workload without its edge count (the random graph's), e.g. "SE3Attention, N=60"
