@@ -585,6 +585,9 @@ def test_clebsch_gordan_step_equals_the_three_operand_einsum(shape):
     got = _cg_uv(tf.constant(a), tf.constant(b), tf.constant(C))
     assert got.shape == (n, u, v, 5)
     np.testing.assert_allclose(got, expected, atol=1e-13)
+    xla_form = _cg_uv(tf.constant(a), tf.constant(b), tf.constant(C), xla=True)  # the product and sum over i
+    assert xla_form.shape == (n, u, v, 5)
+    np.testing.assert_allclose(xla_form, expected, atol=1e-13)
     if n:
         assert np.abs(expected).max() > 0.1
     dyn = tf.function(_cg_uv, input_signature=[tf.TensorSpec([None, u, 3], tf.float64),
