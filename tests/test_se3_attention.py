@@ -762,7 +762,8 @@ def _value_and_gradients(layer, features, graph, cotangent, mode):
                           # receiver blocks under XLA with gradients: also
                           # test_node_chunk_degree_tiers_equal_unblocked_with_gradients[xla-12] (default run)
                           pytest.param(dict(node_chunk=3, max_neighbors=MAX_IN_DEGREE), "xla", marks=pytest.mark.slow),
-                          (dict(edge_chunk=5), "eager"), (dict(edge_chunk=4), "function"), (dict(edge_chunk=6), "xla")])
+                          (dict(edge_chunk=5), "eager"), (dict(edge_chunk=4), "function"), (dict(edge_chunk=6), "xla"),
+                          (dict(edge_chunk=6, implementation="so2"), "xla")])
 def test_chunks_equal_unchunked_with_gradients(chunking, mode):
     """Output and every gradient (features, positions, all weights) equal the unblocked layer's."""
     graph, features = _mask_attr_shifts_graph(), _features("2x0e+2x1o")
@@ -777,6 +778,25 @@ def test_chunks_equal_unchunked_with_gradients(chunking, mode):
     for i, (g, e) in enumerate(zip(got, expected)):
         assert np.abs(_np(e)).max() > 1e-6, i  # no vacuous comparison
         _assert_close(g, e, 1e-12, f"output/gradient {i}")
+
+
+@pytest.mark.parametrize("mode, tables", [("function", False), ("xla", True)])
+def test_edge_chunks_gather_from_tables_under_xla_only(monkeypatch, mode, tables):
+    """Under XLA the edge chunks gather their node rows from tables and add the rows' gradients in
+    place (``map_blocks_by_degree``): ``tf.recompute_grad``'s dense ``[N, D]`` gradient per chunk
+    made the backward pass quadratic in the graph size. Elsewhere they keep ``map_blocks``."""
+    from tfequivariant.layers import se3_attention
+
+    calls = []
+    original = se3_attention.map_blocks_by_degree
+    monkeypatch.setattr(se3_attention, "map_blocks_by_degree", lambda *a, **k: calls.append(1) or original(*a, **k))
+    graph, features = _mask_attr_shifts_graph(), _features("2x0e+2x1o")
+    layer = _built(_att(irreps_in="2x0e+2x1o", irreps_out="2x0e+2x1o", irreps_sh=2, num_heads=2, edge_chunk=5),
+                   features, graph)
+    cotangent = _rng(17).normal(size=(NUM_NODES, Irreps("2x0e+2x1o").dim))
+    calls.clear()
+    _value_and_gradients(layer, features, graph, cotangent, mode)
+    assert len(calls) == (2 if tables else 0)  # keys and values
 
 
 @pytest.mark.parametrize("implementation", ["per_edge", "so2"])

@@ -279,7 +279,8 @@ def map_blocks_by_degree(block, per_receiver, slot_axes, shared, chunk, width, d
         num_tiers: number of slot counts (``slot_tiers``).
         tables: None, or one entry per ``per_receiver`` tensor: None, or rows ``[R, ...]``;
             that ``per_receiver`` tensor then holds int32 row indices ``[M, K]`` (slot axis
-            1) and ``block`` receives the rows they select, ``[chunk, T, ...]``. Slots past a
+            1; or ``[M]`` with slot axis None, as for chunks of edges) and ``block`` receives
+            the rows they select, ``[chunk, T, ...]`` (``[chunk, ...]``). Slots past a
             block's tier are not read, so a row only they point at (the zero row of empty
             slots, which the layers drop) gets no gradient from them.
 
@@ -360,7 +361,8 @@ def map_blocks_by_degree(block, per_receiver, slot_axes, shared, chunk, width, d
                     if in_place:
                         collected.append(tf.zeros_like(x))
                         continue
-                    shape = tf.TensorShape([chunk, k]).concatenate(x.shape[1:])
+                    slots = [] if slot_axes[i] is None else [k]
+                    shape = tf.TensorShape([chunk] + slots).concatenate(x.shape[1:])
                 else:
                     shape = tf.TensorShape([chunk]).concatenate(x.shape[1:])
                 collected.append(tf.TensorArray(x.dtype, size=num_blocks, element_shape=shape))
@@ -375,8 +377,8 @@ def map_blocks_by_degree(block, per_receiver, slot_axes, shared, chunk, width, d
                 if in_place:
                     row_grads.append(collected[i])
                     continue
-                g = collected[i].stack()  # [num_blocks, chunk, K, row...]
-                g = tf.reshape(g, tf.concat([[-1], tf.shape(g)[3:]], axis=0))
+                g = collected[i].stack()  # [num_blocks, chunk, K, row...] ([num_blocks, chunk, row...] without slots)
+                g = tf.reshape(g, tf.concat([[-1], tf.shape(rows[j])[1:]], axis=0))
                 row_grads.append(tf.math.unsorted_segment_sum(g, tf.reshape(args[i], (-1,)), tf.shape(rows[j])[0]))
             return [None if g is None else _no_second_order(g) for g in arg_grads + row_grads + sums]
 

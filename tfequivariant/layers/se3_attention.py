@@ -111,8 +111,9 @@ class SE3Attention(EdgeFilterLayer):
         edge_chunk: process the edges in chunks of this many, one after another, in two
             passes: the keys and logits of every chunk, the softmax over each receiver's
             edges, then the values of every chunk weighted by their softmax and summed into
-            their receivers. Each chunk is recomputed in the backward pass
-            (``tf.recompute_grad``), so the per-edge weights exist for one chunk at a time
+            their receivers. Each chunk is recomputed in the backward pass (under XLA
+            its node rows' gradients are added in place, so the backward pass stays linear
+            in the edges), so the per-edge weights exist for one chunk at a time
             and memory grows with the edges (their harmonics, radial features, sender
             features and logits), not with the per-edge weights. No padding to a largest
             in-degree and no ``max_neighbors`` needed; the numbers are those of the
@@ -372,19 +373,41 @@ class SE3Attention(EdgeFilterLayer):
         key_w, value_w = self._key_value_weights()
         ordered = self.implementation == "so2"
 
-        def keys_block(s, r, y, hh, x, q, w):  # a chunk's edges -> logits [C, heads]
-            keys = self._edge_products(tf.gather(x, s), y, hh, w, "key", ordered)
-            return self._logits(tf.gather(q, r) * keys)
+        def keys_rows(x, q, y, hh, w):  # a chunk's sender and receiver rows -> logits [C, heads]
+            return self._logits(q * self._edge_products(x, y, hh, w, "key", ordered))
 
-        def values_block(s, y, hh, a, x, w):  # a chunk's edges -> alpha-weighted values [C, irreps_out.dim]
-            values = self._edge_products(tf.gather(x, s), y, hh, w, "value", ordered)
-            return self._weighted_values(a, values)
+        def values_rows(x, y, hh, a, w):  # -> alpha-weighted values [C, irreps_out.dim]
+            return self._weighted_values(a, self._edge_products(x, y, hh, w, "value", ordered))
 
-        logits = map_blocks(keys_block, (senders, receivers, sh, h), (nodes, queries, key_w), chunk, self.num_heads,
-                            self.compute_dtype)
-        alpha = segment_softmax(logits[:num_edges], graph["receivers"], n, mask)
-        weighted = map_blocks(values_block, (senders, sh, h, rows(alpha)), (nodes, value_w), chunk,
-                              self.irreps_out.dim, self.compute_dtype)
+        if in_xla_context():
+            # Each chunk gathers its node rows from tables, and the backward pass adds the
+            # chunk's row gradients into the tables' gradients in the loop carry, which XLA
+            # updates in place. tf.recompute_grad's gradient of the gathered rows is a dense
+            # [N, D] per chunk, N * E in all: at 10k nodes the forward+backward took 2x the
+            # time per edge of 1k nodes. Elsewhere TensorFlow's kernels would copy the carry
+            # per chunk, and stacking the row gradients costs [E, D] of memory (session 15).
+            def chunked(fn, per_edge, tables, w, width):
+                ones = tf.ones(tf.shape(per_edge[0])[:1] // chunk, "int32")
+                return map_blocks_by_degree(fn, per_edge, [None] * len(per_edge), [w], chunk, width,
+                                            self.compute_dtype, ones, 1, num_tiers=1, tables=tables)
+
+            logits = chunked(keys_rows, (senders, receivers, sh, h), (nodes, queries, None, None), key_w,
+                             self.num_heads)
+            alpha = segment_softmax(logits[:num_edges], graph["receivers"], n, mask)
+            weighted = chunked(values_rows, (senders, sh, h, rows(alpha)), (nodes, None, None, None), value_w,
+                               self.irreps_out.dim)
+        else:
+            def keys_block(s, r, y, hh, x, q, w):
+                return keys_rows(tf.gather(x, s), tf.gather(q, r), y, hh, w)
+
+            def values_block(s, y, hh, a, x, w):
+                return values_rows(tf.gather(x, s), y, hh, a, w)
+
+            logits = map_blocks(keys_block, (senders, receivers, sh, h), (nodes, queries, key_w), chunk,
+                                self.num_heads, self.compute_dtype)
+            alpha = segment_softmax(logits[:num_edges], graph["receivers"], n, mask)
+            weighted = map_blocks(values_block, (senders, sh, h, rows(alpha)), (nodes, value_w), chunk,
+                                  self.irreps_out.dim, self.compute_dtype)
         return tfe_ops.segment_sum(weighted[:num_edges], graph["receivers"], n)
 
     def attention_weights(self, features, graph):
