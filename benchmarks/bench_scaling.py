@@ -9,15 +9,18 @@ constant within 25 % from the smallest size to the largest.
 
 Configurations (each size, forward and forward+backward):
 
-* ``conv tfe per_node xla node_chunk=500``: ``PointConvolution(implementation="per_node",
-  max_neighbors=<largest in-degree>, node_chunk=500)`` under ``tf.function(jit_compile=True)``
-  (receivers in blocks of 500, recomputed in the backward pass, so memory stays linear);
-* ``conv tfe per_edge function``: the per-edge formulation under ``tf.function``
+* ``conv tfe per_node xla node_chunk=32``: ``PointConvolution(implementation="per_node",
+  max_neighbors=<largest in-degree>, node_chunk=32)`` under ``tf.function(jit_compile=True)``
+  (receivers in blocks of 32, recomputed in the backward pass, so memory stays linear; the
+  fastest convolution in ``run_all.py``);
+* ``conv tfe per_edge xla``: the per-edge formulation under XLA
   (it materializes ``[E, 3456]`` tensor-product weights: it stops fitting first);
 * ``conv e3nn compile``: e3nn's convolution (``bench_point_convolution._e3nn_module``)
   under ``torch.compile``;
-* ``attention tfe xla``, ``attention tfe function``, ``attention e3nn compile``:
-  ``bench_se3_attention.py``'s workload (per-edge ``[E, 6912]`` weights on both sides).
+* ``attention tfe xla edge_chunk=1024``, ``attention tfe xla node_chunk=8`` (the two forms
+  that bound the attention's memory: chunks of edges, blocks of receivers), ``attention
+  e3nn compile``: ``bench_se3_attention.py``'s workload (per-edge ``[E, 6912]`` weights on
+  both sides). ``--attention-modes xla`` adds the unchunked layer, which stops fitting first.
 
 The workload, the layers, the steps and the measurement are the two benchmark
 scripts' own functions, imported (``tf_worker``, ``e3nn_worker``, ``case_worker``):
@@ -662,11 +665,11 @@ def main(argv=None):
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--nodes", type=int, nargs="+", help="graph sizes (default 1000 10000 100000)")
     parser.add_argument("--passes", default="fwd,fwdbwd", help="comma list of fwd, fwdbwd (default both)")
-    parser.add_argument("--conv-modes", default="per_node@500:xla,per_edge:function",
+    parser.add_argument("--conv-modes", default="per_node@32:xla,per_edge:xla",
                         help="comma list of implementation[@node_chunk]:mode of PointConvolution (default "
-                             "per_node@500:xla,per_edge:function; modes eager, function, xla)")
-    parser.add_argument("--attention-modes", default="xla,function",
-                        help="comma list of SE3Attention TF modes, mode@N for node_chunk=N, mode@eN for edge_chunk=N (default xla,function; "
+                             "per_node@32:xla,per_edge:xla; modes eager, function, xla)")
+    parser.add_argument("--attention-modes", default="xla@e1024,xla@8",
+                        help="comma list of SE3Attention TF modes, mode@N for node_chunk=N, mode@eN for edge_chunk=N (default xla@e1024,xla@8; "
                              "empty to skip)")
     parser.add_argument("--e3nn-mode", help="e3nn's mode: compile (default), compile:<torch.compile mode>, eager; "
                                             "--quick: eager")

@@ -256,15 +256,15 @@ def test_quick_smoke(tmp_path):
     data = json.loads(out_json.read_text())
     assert [g["nodes"] for g in data["graphs"]] == [200, 400]
     labels = {(r["workload"], r["label"]) for r in data["results"]}
-    assert {("conv", "tfe per_node xla node_chunk=500"), ("conv", "tfe per_edge function"), ("attention", "tfe xla"),
-            ("attention", "tfe function")} <= labels
+    assert {("conv", "tfe per_node xla node_chunk=32"), ("conv", "tfe per_edge xla"),
+            ("attention", "tfe xla edge_chunk=1024"), ("attention", "tfe xla node_chunk=8")} <= labels
     assert len(data["results"]) == len(labels) * 2 * 2  # two sizes, two passes
     for r in data["results"]:
         if r["label"].startswith("tfe"):
             assert r["status"] == "ok", r
             assert r["peak_mb"] > 0 and r["median_ms"] > 0
     assert png.stat().st_size > 10_000
-    assert "| convolution (TFN) | tfe per_node xla node_chunk=500" in proc.stdout
+    assert "| convolution (TFN) | tfe per_node xla node_chunk=32" in proc.stdout
     assert "ns/edge ÷ smallest" in md.read_text()
 
 
