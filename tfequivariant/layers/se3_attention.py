@@ -385,29 +385,27 @@ class SE3Attention(EdgeFilterLayer):
             # updates in place. tf.recompute_grad's gradient of the gathered rows is a dense
             # [N, D] per chunk, N * E in all: at 10k nodes the forward+backward took 2x the
             # time per edge of 1k nodes. Elsewhere TensorFlow's kernels would copy the carry
-            # per chunk, and stacking the row gradients costs [E, D] of memory (session 15).
-            def chunked(fn, per_edge, tables, w, width):
+            # per chunk, and stacking the row gradients costs [E, D] of memory (BENCHMARKS.md,
+            # session 15), so there the chunks keep tf.recompute_grad (map_blocks).
+            def chunked(fn, per_edge, tables, w, width):  # fn(*per-edge rows, w), table indices as rows
                 ones = tf.ones(tf.shape(per_edge[0])[:1] // chunk, "int32")
                 return map_blocks_by_degree(fn, per_edge, [None] * len(per_edge), [w], chunk, width,
                                             self.compute_dtype, ones, 1, num_tiers=1, tables=tables)
-
-            logits = chunked(keys_rows, (senders, receivers, sh, h), (nodes, queries, None, None), key_w,
-                             self.num_heads)
-            alpha = segment_softmax(logits[:num_edges], graph["receivers"], n, mask)
-            weighted = chunked(values_rows, (senders, sh, h, rows(alpha)), (nodes, None, None, None), value_w,
-                               self.irreps_out.dim)
         else:
-            def keys_block(s, r, y, hh, x, q, w):
-                return keys_rows(tf.gather(x, s), tf.gather(q, r), y, hh, w)
+            def chunked(fn, per_edge, tables, w, width):
+                def block(*args):  # per-edge inputs, then the tables present, then w
+                    present = iter(args[len(per_edge):-1])
+                    xs = [a if t is None else tf.gather(next(present), a) for a, t in zip(args, tables)]
+                    return fn(*xs, args[-1])
 
-            def values_block(s, y, hh, a, x, w):
-                return values_rows(tf.gather(x, s), y, hh, a, w)
+                return map_blocks(block, per_edge, (*[t for t in tables if t is not None], w), chunk, width,
+                                  self.compute_dtype)
 
-            logits = map_blocks(keys_block, (senders, receivers, sh, h), (nodes, queries, key_w), chunk,
-                                self.num_heads, self.compute_dtype)
-            alpha = segment_softmax(logits[:num_edges], graph["receivers"], n, mask)
-            weighted = map_blocks(values_block, (senders, sh, h, rows(alpha)), (nodes, value_w), chunk,
-                                  self.irreps_out.dim, self.compute_dtype)
+        logits = chunked(keys_rows, (senders, receivers, sh, h), (nodes, queries, None, None), key_w,
+                         self.num_heads)
+        alpha = segment_softmax(logits[:num_edges], graph["receivers"], n, mask)
+        weighted = chunked(values_rows, (senders, sh, h, rows(alpha)), (nodes, None, None, None), value_w,
+                           self.irreps_out.dim)
         return tfe_ops.segment_sum(weighted[:num_edges], graph["receivers"], n)
 
     def attention_weights(self, features, graph):
